@@ -1,0 +1,5 @@
+import sys
+
+from lstmlm.cli import main
+
+sys.exit(main())

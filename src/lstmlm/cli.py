@@ -1,0 +1,255 @@
+"""The `lstmlm` command: a thin layer over the importable functions.
+
+    lstmlm train     [--preset NAME] [--config FILE] [--FIELD VALUE ...] [--out RUN_DIR | --resume RUN_DIR]
+    lstmlm evaluate  RUN_DIR [--split valid|test | --file FILE] [--json]
+    lstmlm predict   RUN_DIR --text "..." [--top-k K] [--json]  |  RUN_DIR --split test --skip 40 --count 10
+    lstmlm generate  RUN_DIR [--prompt "..."] [--words N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+    lstmlm serve | plot | inspect  (see their --help)
+
+Results go to stdout, progress and notes to stderr. A bad argument or file gives one line,
+`lstmlm: error: ...`, and exit status 2; Ctrl-C exits with 130.
+"""
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+import typing
+
+from lstmlm.errors import LstmlmError
+
+EXTRA_VERBS = {"serve": "lstmlm.server", "plot": "lstmlm.plots", "inspect": "lstmlm.inspect"}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _field_type(field):
+    if field.type in (bool, "bool"):
+        return bool
+    hints = typing.get_type_hints(__import__("lstmlm.config", fromlist=["Config"]).Config)
+    kind = hints[field.name]
+    if typing.get_origin(kind) in (typing.Union, __import__("types").UnionType):
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    return kind
+
+
+def _positive_or_any(kind):
+    def convert(text):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def add_train(subparsers):
+    from lstmlm.config import Config, flag
+    from lstmlm.presets import PRESETS
+
+    parser = subparsers.add_parser("train", help="train a model and write a run directory",
+                                   description="Train a model. Start from a preset, override any field.")
+    parser.add_argument("--preset", default="small", choices=list(PRESETS), help="named config (default: small)")
+    parser.add_argument("--config", help="JSON file of config fields (applied after the preset)")
+    parser.add_argument("--out", help="new run directory (default: runs/PRESET)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (--epochs may extend it)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--no-report", action="store_true", help="skip the final test evaluation and sample")
+    group = parser.add_argument_group("config fields (override the preset)")
+    for field in dataclasses.fields(Config):
+        kind = _field_type(field)
+        help_text = field.metadata.get("help", "")
+        if kind is bool:
+            group.add_argument(f"--{flag(field.name)}", dest=field.name, default=None,
+                               action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            group.add_argument(f"--{flag(field.name)}", dest=field.name, default=None,
+                               type=_positive_or_any(kind), choices=field.metadata.get("choices"), help=help_text)
+    parser.set_defaults(run=run_train)
+
+
+def resolve_config(args):
+    from lstmlm.config import Config, load_config
+    from lstmlm.presets import preset
+
+    config = preset(args.preset)
+    if args.config:
+        loaded = load_config(args.config)
+        explicit = {f.name: getattr(loaded, f.name) for f in dataclasses.fields(Config)}
+        config = config.replace(**{k: v for k, v in explicit.items() if v != getattr(Config(), k)})
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+                 if getattr(args, f.name, None) is not None}
+    return config.replace(**overrides).validate()
+
+
+def run_train(args):
+    from lstmlm.train import train
+
+    if args.resume:
+        config = None
+        if args.epochs is not None:
+            from lstmlm.config import Config
+
+            config = Config(epochs=args.epochs)
+        out = train(config, resume=args.resume, command=["lstmlm", *sys.argv[1:]])
+    else:
+        config = resolve_config(args)
+        if args.print_config:
+            print(json.dumps(config.to_dict(), indent=2))
+            return 0
+        out = train(config, out=args.out or f"runs/{args.preset}", command=["lstmlm", *sys.argv[1:]])
+    if not args.no_report:
+        report(out)
+    return 0
+
+
+def report(run_dir):
+    """After training: the best model's validation and test perplexity, and the tutorial's sample."""
+    from lstmlm.language_model import load
+
+    model = load(run_dir)
+    print(f"best model: {run_dir}/model.keras")
+    splits = ["valid", "test"] if model.config.train is None or model.config.test else ["valid"]
+    for split in splits:
+        print(format_evaluation(model.evaluate(split=split)))
+    _print_actual_vs_predicted(model, "test" if "test" in splits else "valid", 40, 10)
+
+
+def format_evaluation(result):
+    return (f"{result['split']}: loss {result['loss']:.4f} nats | perplexity {result['perplexity']:.2f} | "
+            f"accuracy {result['accuracy']:.4f} | top-5 accuracy {result['top5_accuracy']:.4f} | "
+            f"{result['tokens']:,} tokens")
+
+
+def _print_actual_vs_predicted(model, split, skip, count, as_json=False):
+    from lstmlm.corpus import split_words
+
+    words = split_words(model.config)[0][split] if split else None
+    result = model.actual_vs_predicted(model.vocabulary.encode(words), skip, count)
+    if as_json:
+        print(json.dumps({"split": split, "skip": skip, **result}))
+    else:
+        print(f"{split.capitalize()} data (windows of {model.config.num_steps} words from word {skip}):")
+        print("Actual words: " + " ".join(result["actual"]))
+        print("Predicted words: " + " ".join(result["predicted"]))
+
+
+def add_evaluate(subparsers):
+    parser = subparsers.add_parser("evaluate", help="perplexity and accuracy of a run on a split or file")
+    parser.add_argument("run_dir")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--split", choices=["train", "valid", "test"], help="a split of the run's corpus (default test)")
+    where.add_argument("--file", help="any UTF-8 text file")
+    parser.add_argument("--batch-size", type=int, default=1, help="parallel streams (1 = exact, state carried)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args):
+    from lstmlm.language_model import load
+
+    if args.batch_size <= 0:
+        raise LstmlmError(f"--batch-size must be positive, got {args.batch_size}")
+    result = load(args.run_dir).evaluate(split=args.split or "test", file=args.file, batch_size=args.batch_size)
+    keys = ["split", "tokens", "loss", "perplexity", "accuracy", "top5_accuracy"]
+    print(json.dumps({k: result[k] for k in keys}) if args.json else format_evaluation(result))
+    return 0
+
+
+def _warn_unknown(unknown):
+    if unknown:
+        print(f"note: not in the vocabulary, read as <unk>: {' '.join(unknown)}", file=sys.stderr)
+
+
+def add_predict(subparsers):
+    parser = subparsers.add_parser("predict", help="most likely next words, or the tutorial's actual-vs-predicted")
+    parser.add_argument("run_dir")
+    parser.add_argument("--text", help="the words so far")
+    parser.add_argument("--top-k", type=int, default=5, help="how many words to list")
+    parser.add_argument("--split", choices=["train", "valid", "test"], help="tutorial report on this split")
+    parser.add_argument("--skip", type=int, default=40, help="tutorial report: first window start")
+    parser.add_argument("--count", type=int, default=10, help="tutorial report: number of words")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(run=run_predict)
+
+
+def run_predict(args):
+    from lstmlm.language_model import load
+
+    if (args.text is None) == (args.split is None):
+        raise LstmlmError("predict: give exactly one of --text or --split")
+    if args.skip < 0 or args.count <= 0:
+        raise LstmlmError("predict: --skip must be >= 0 and --count positive")
+    model = load(args.run_dir)
+    if args.split:
+        _print_actual_vs_predicted(model, args.split, args.skip, args.count, args.json)
+        return 0
+    result = model.predict_next(args.text, args.top_k)
+    _warn_unknown(result["unknown"])
+    if args.json:
+        print(json.dumps({"words": result["words"]}))
+    else:
+        for entry in result["words"]:
+            print(f"{entry['probability']:.4f}  {entry['word']}")
+    return 0
+
+
+def add_generate(subparsers):
+    parser = subparsers.add_parser("generate", help="continue a prompt word by word")
+    parser.add_argument("run_dir")
+    parser.add_argument("--prompt", default="", help="words to start from (default: a new sentence)")
+    parser.add_argument("--words", type=int, default=50, help="how many words to generate")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0 = all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1 = off)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (same seed, same text)")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(run=run_generate)
+
+
+def run_generate(args):
+    from lstmlm.language_model import load
+
+    result = load(args.run_dir).generate(args.prompt, args.words, args.temperature, args.top_k, args.top_p, args.seed)
+    _warn_unknown(result["unknown"])
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "text": result["text"], "words": result["words"]}))
+    else:
+        print((" ".join(result["prompt_words"]) + " " if result["prompt_words"] else "") + result["text"])
+    return 0
+
+
+def build_parser():
+    parser = Parser(prog="lstmlm", description="Word-level LSTM language models (Keras 3).")
+    parser.add_argument("--version", action="version", version=__import__("lstmlm").__version__)
+    subparsers = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    for add in (add_train, add_evaluate, add_predict, add_generate):
+        add(subparsers)
+    for verb, module in EXTRA_VERBS.items():
+        try:
+            importlib.import_module(module).add_parser(subparsers)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except LstmlmError as error:
+        print(f"lstmlm: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lstmlm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Typed configuration: every field has a default in code, a help string, and one full-word name that is
+also the CLI flag (`hidden_size` <-> `--hidden-size`), the `config.json` key and the preset key.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lstmlm.errors import LstmlmError
+
+
+def _help(text, **extra):
+    return {"help": text, **extra}
+
+
+@dataclass
+class Config:
+    # ---- data -----------------------------------------------------------------------------------------
+    data: str = field(default="ptb", metadata=_help("bundled corpus name ('ptb'); ignored when --train is given"))
+    train: str | None = field(default=None, metadata=_help("training text file (UTF-8, one sentence per line)"))
+    valid: str | None = field(default=None, metadata=_help("validation text file"))
+    test: str | None = field(default=None, metadata=_help("test text file (optional)"))
+    max_vocab: int = field(default=10000, metadata=_help("vocabulary size cap, <unk> included"))
+    lowercase: bool = field(default=False, metadata=_help("lower-case the corpus and prompts"))
+    # ---- batching -------------------------------------------------------------------------------------
+    batching: str = field(default="stream", metadata=_help(
+        "'stream': batch_size parallel streams, hidden state carried across batches (truncated BPTT); "
+        "'window': the tutorial's generator, stateless windows", choices=("stream", "window")))
+    batch_size: int = field(default=20, metadata=_help("sequences per batch"))
+    num_steps: int = field(default=35, metadata=_help("time steps per batch (BPTT length)"))
+    skip_step: int = field(default=0, metadata=_help("window mode: start offset between windows (0 = num_steps)"))
+    # ---- model ----------------------------------------------------------------------------------------
+    embedding_size: int = field(default=0, metadata=_help("word vector size (0 = hidden_size)"))
+    hidden_size: int = field(default=200, metadata=_help("LSTM units per layer"))
+    num_layers: int = field(default=2, metadata=_help("stacked LSTM layers"))
+    dropout: float = field(default=0.0, metadata=_help("dropout on the last LSTM output, before the softmax layer"))
+    input_dropout: float = field(default=0.0, metadata=_help("dropout on the word vectors"))
+    layer_dropout: float = field(default=0.0, metadata=_help("dropout between LSTM layers"))
+    variational: bool = field(default=False, metadata=_help(
+        "one dropout mask per sequence, shared over time (Gal & Ghahramani 2016)"))
+    embedding_dropout: float = field(default=0.0, metadata=_help("drop whole words from the embedding (Gal 2016)"))
+    weight_drop: float = field(default=0.0, metadata=_help(
+        "DropConnect on the recurrent weights (Merity et al. 2017)"))
+    tie_weights: bool = field(default=False, metadata=_help(
+        "share the embedding and softmax weights (Press & Wolf 2017); needs embedding_size == hidden_size"))
+    init_scale: float = field(default=0.0, metadata=_help("uniform(-s, s) initialisation; 0 = Keras defaults"))
+    # ---- training -------------------------------------------------------------------------------------
+    epochs: int = field(default=13, metadata=_help("training epochs"))
+    optimizer: str = field(default="sgd", metadata=_help("optimizer", choices=("sgd", "adam", "adamw")))
+    learning_rate: float = field(default=1.0, metadata=_help("initial learning rate"))
+    weight_decay: float = field(default=0.0, metadata=_help("decoupled weight decay (adamw) or L2 (sgd)"))
+    clip_norm: float = field(default=0.0, metadata=_help("clip the global gradient norm (0 = off)"))
+    lr_schedule: str = field(default="constant", metadata=_help(
+        "'constant'; 'decay': multiply by lr_decay each epoch after lr_decay_start; "
+        "'plateau': multiply by lr_decay when validation loss does not improve; 'cosine': cosine to 0 per step",
+        choices=("constant", "decay", "plateau", "cosine")))
+    lr_decay: float = field(default=1.0, metadata=_help("learning-rate multiplier (decay / plateau schedules)"))
+    lr_decay_start: int = field(default=0, metadata=_help("decay schedule: epochs at the initial rate"))
+    warmup_steps: int = field(default=0, metadata=_help("linear learning-rate warm-up over this many batches"))
+    max_minutes: float = field(default=0.0, metadata=_help(
+        "stop after this much wall time, evaluation included (0 = no limit); the cosine schedule spans it"))
+    seed: int = field(default=1, metadata=_help("random seed (weights, dropout, sampling)"))
+    precision: str = field(default="auto", metadata=_help(
+        "'bfloat16' autocast, 'float32', or 'auto' (bfloat16 where the hardware has it)",
+        choices=("auto", "float32", "bfloat16")))
+    fused: bool = field(default=True, metadata=_help(
+        "use the backend's fused LSTM kernel (torch: oneDNN / cuDNN); off = the pure-Keras loop"))
+    eval_batch_size: int = field(default=1, metadata=_help(
+        "parallel streams for validation; 1 carries the state through the whole text (exact)"))
+    keep_checkpoints: int = field(default=0, metadata=_help("keep only the newest N epoch checkpoints (0 = all)"))
+    tensorboard: bool = field(default=False, metadata=_help("also write TensorBoard logs to RUN_DIR/tensorboard"))
+
+    def validate(self):
+        """Raise LstmlmError naming the first bad field."""
+        positive = ["max_vocab", "batch_size", "num_steps", "hidden_size", "num_layers", "epochs", "eval_batch_size"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise LstmlmError(f"--{flag(name)} must be a positive integer, got {getattr(self, name)}")
+        for name in ["embedding_size", "skip_step", "lr_decay_start", "warmup_steps", "keep_checkpoints"]:
+            if getattr(self, name) < 0:
+                raise LstmlmError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
+        for name in ["dropout", "input_dropout", "layer_dropout", "embedding_dropout", "weight_drop"]:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise LstmlmError(f"--{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        for name in ["learning_rate"]:
+            if getattr(self, name) <= 0:
+                raise LstmlmError(f"--{flag(name)} must be > 0, got {getattr(self, name)}")
+        for name in ["clip_norm", "weight_decay", "init_scale", "max_minutes"]:
+            if getattr(self, name) < 0:
+                raise LstmlmError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise LstmlmError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise LstmlmError(f"--{flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        if self.tie_weights and self.embedding_size not in (0, self.hidden_size):
+            raise LstmlmError("--tie-weights needs --embedding-size equal to --hidden-size")
+        if (self.valid is None) != (self.train is None):
+            raise LstmlmError("--train and --valid must be given together")
+        if self.test is not None and self.train is None:
+            raise LstmlmError("--test needs --train and --valid")
+        return self
+
+    @property
+    def word_vector_size(self):
+        return self.embedding_size or self.hidden_size
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values, source="config"):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise LstmlmError(f"{source}: unknown config key(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def flag(name):
+    """The CLI flag of a config field: hidden_size -> hidden-size."""
+    return name.replace("_", "-")
+
+
+def load_config(path):
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LstmlmError(f"{path}: no such file") from None
+    except json.JSONDecodeError as error:
+        raise LstmlmError(f"{path}: not valid JSON ({error})") from None
+    return Config.from_dict(values.get("config", values), source=str(path))

@@ -1,0 +1,145 @@
+"""The language model: Embedding -> LSTM x num_layers -> Dropout -> Dense(vocabulary) logits.
+
+This is the tutorial's network (Embedding 500 -> LSTM 500 -> LSTM 500 -> Dropout 0.5 -> Dense(10,000)) with
+three changes that do not alter its mathematics: the softmax layer is applied to the 3-D tensor directly
+(TimeDistributed is the same function, 1.5x slower in Keras 3); it returns logits, and the loss applies the
+softmax (sparse cross-entropy on logits = categorical cross-entropy on one-hot targets); and the LSTM state is
+an explicit input and output, so training can carry it across batches and generation can feed one word at a time.
+Optional regularisation from the literature is off unless configured (see regularization.py).
+"""
+
+import keras
+from keras import ops
+
+from lstmlm.lstm import LSTM
+from lstmlm.regularization import dropout, embedding_dropout
+
+
+@keras.saving.register_keras_serializable(package="lstmlm")
+class LSTMLanguageModel(keras.Model):
+    """Next-word model over a fixed vocabulary.
+
+    Args:
+        vocabulary_size: number of word ids.
+        embedding_size: word vector size.
+        hidden_size: LSTM units per layer.
+        num_layers: stacked LSTM layers.
+        dropout: rate on the last LSTM output (the tutorial's Dropout layer).
+        input_dropout: rate on the word vectors.
+        layer_dropout: rate between LSTM layers.
+        variational: share each dropout mask over the time steps of a sequence.
+        embedding_dropout: rate of dropping whole word types.
+        weight_drop: DropConnect rate on the recurrent weights.
+        tie_weights: use the embedding matrix as the softmax weights (needs embedding_size == hidden_size).
+        init_scale: uniform(-s, s) initialisation of every weight if > 0, else Keras defaults.
+        fused: use the backend's fused LSTM kernel where there is one.
+        seed: initialisation and dropout seed.
+
+    Example:
+        >>> model = LSTMLanguageModel(vocabulary_size=50, embedding_size=8, hidden_size=8, num_layers=2)
+        >>> logits, states = model.forward(keras.ops.zeros((3, 7), dtype="int32"))
+        >>> tuple(logits.shape), len(states)
+        ((3, 7, 50), 2)
+    """
+
+    def __init__(self, vocabulary_size, embedding_size, hidden_size, num_layers, dropout=0.0, input_dropout=0.0,
+                 layer_dropout=0.0, variational=False, embedding_dropout=0.0, weight_drop=0.0, tie_weights=False,
+                 init_scale=0.0, fused=True, seed=1, **kwargs):
+        super().__init__(**kwargs)
+        self.vocabulary_size = vocabulary_size
+        self.embedding_size = embedding_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.dropout = dropout
+        self.input_dropout = input_dropout
+        self.layer_dropout = layer_dropout
+        self.variational = variational
+        self.embedding_dropout = embedding_dropout
+        self.weight_drop = weight_drop
+        self.tie_weights = tie_weights
+        self.init_scale = init_scale
+        self.fused = fused
+        self.seed = seed
+        if tie_weights and embedding_size != hidden_size:
+            raise ValueError("tie_weights needs embedding_size == hidden_size")
+
+        def initializer(default):
+            if init_scale > 0:
+                return keras.initializers.RandomUniform(-init_scale, init_scale, seed=seed)
+            return default
+
+        self.embedding = keras.layers.Embedding(
+            vocabulary_size, embedding_size, name="embedding",
+            embeddings_initializer=initializer(keras.initializers.RandomUniform(-0.05, 0.05, seed=seed)))
+        self.lstm_layers = [LSTM(hidden_size, init_scale=init_scale, weight_drop=weight_drop, fused=fused,
+                                 seed=seed + 1 + i, name=f"lstm_{i + 1}") for i in range(num_layers)]
+        if not tie_weights:
+            self.output_layer = keras.layers.Dense(
+                vocabulary_size, name="softmax",
+                kernel_initializer=initializer(keras.initializers.GlorotUniform(seed=seed)),
+                bias_initializer=initializer("zeros"))
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape=None):
+        self.embedding.build((None, None))
+        size = self.embedding_size
+        for layer in self.lstm_layers:
+            layer.build((None, None, size))
+            size = layer.units
+        if self.tie_weights:
+            self.output_bias = self.add_weight(shape=(self.vocabulary_size,), initializer="zeros",
+                                               name="softmax_bias")
+        else:
+            self.output_layer.build((None, None, size))
+
+    def initial_states(self, batch_size):
+        """Zero (h, c) for every layer."""
+        return [layer.initial_state(batch_size) for layer in self.lstm_layers]
+
+    def forward(self, token_ids, states=None, training=False):
+        """Logits for every position, and the LSTM states after the last position.
+
+        Args:
+            token_ids: (batch, time) int tensor.
+            states: list of (h, c) per layer, each (batch, hidden_size); None = zeros.
+        Returns:
+            logits (batch, time, vocabulary_size) and the new states.
+        """
+        seed = self.seed_generator
+        x = self.embedding(token_ids)  # (batch, time, embedding_size)
+        if training:
+            x = embedding_dropout(x, token_ids, self.vocabulary_size, self.embedding_dropout, seed)
+            x = dropout(x, self.input_dropout, seed, self.variational)
+        new_states = []
+        for i, layer in enumerate(self.lstm_layers):
+            x, state = layer(x, initial_state=None if states is None else states[i], training=training)
+            new_states.append(state)  # x: (batch, time, hidden_size)
+            if training:
+                last = i == self.num_layers - 1
+                x = dropout(x, self.dropout if last else self.layer_dropout, seed, self.variational)
+        if self.tie_weights:
+            logits = ops.matmul(x, ops.transpose(self.embedding.embeddings)) + self.output_bias
+        else:
+            logits = self.output_layer(x)
+        return logits, new_states  # logits: (batch, time, vocabulary_size)
+
+    def call(self, token_ids, training=False):
+        return self.forward(token_ids, None, training)[0]
+
+    def get_config(self):
+        return {**super().get_config(), **{name: getattr(self, name) for name in (
+            "vocabulary_size", "embedding_size", "hidden_size", "num_layers", "dropout", "input_dropout",
+            "layer_dropout", "variational", "embedding_dropout", "weight_drop", "tie_weights", "init_scale",
+            "fused", "seed")}}
+
+
+def build_model(config, vocabulary_size):
+    """The model a Config describes, built (weights created)."""
+    model = LSTMLanguageModel(
+        vocabulary_size=vocabulary_size, embedding_size=config.word_vector_size, hidden_size=config.hidden_size,
+        num_layers=config.num_layers, dropout=config.dropout, input_dropout=config.input_dropout,
+        layer_dropout=config.layer_dropout, variational=config.variational,
+        embedding_dropout=config.embedding_dropout, weight_drop=config.weight_drop,
+        tie_weights=config.tie_weights, init_scale=config.init_scale, fused=config.fused, seed=config.seed)
+    model.build((None, None))
+    return model

@@ -1,0 +1,48 @@
+"""Optimizers over the Keras model's variables, using torch's fused implementations where they exist
+(one kernel for the whole parameter list instead of a loop of small ops), and their state as plain arrays
+(`.npz`, no pickle) for resuming.
+
+Adam uses Keras' default epsilon (1e-7), so `--optimizer adam --learning-rate 0.001` is the tutorial's
+`optimizer='adam'`.
+"""
+
+import numpy as np
+
+
+def make_optimizer(config, parameters):
+    import torch
+
+    name = config.optimizer
+    if name == "sgd":
+        make, kwargs = torch.optim.SGD, {"weight_decay": config.weight_decay}
+    elif name == "adam":
+        make, kwargs = torch.optim.Adam, {"eps": 1e-7, "weight_decay": config.weight_decay}
+    elif name == "adamw":
+        make, kwargs = torch.optim.AdamW, {"eps": 1e-7, "weight_decay": config.weight_decay}
+    else:
+        raise ValueError(f"unknown optimizer {name!r}")
+    try:
+        return make(parameters, lr=config.learning_rate, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device / dtype
+        return make(parameters, lr=config.learning_rate, foreach=True, **kwargs)
+
+
+def optimizer_state(optimizer):
+    """(arrays for np.savez, JSON-able parameter groups)."""
+    state_dict = optimizer.state_dict()
+    arrays = {f"{index}.{key}": value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+              for index, values in state_dict["state"].items() for key, value in values.items()}
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()}
+              for group in state_dict["param_groups"]]
+    return arrays, groups
+
+
+def load_optimizer_state(optimizer, arrays, groups):
+    import torch
+
+    state = {}
+    for name, value in arrays.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = torch.as_tensor(value)
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in group.items()} for group in groups]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})

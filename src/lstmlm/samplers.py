@@ -1,0 +1,96 @@
+"""How the next word is chosen from the model's logits: small strategy classes, testable without a model.
+
+Every sampler maps a 1-D array of logits (one per vocabulary id) and a numpy Generator to one id.
+`make_sampler(temperature, top_k, top_p)` picks the strategy: temperature 0 is greedy (argmax); otherwise
+the logits are divided by the temperature, restricted to the k most likely words (top_k > 0) and/or to the
+smallest set whose probability reaches top_p (nucleus sampling, Holtzman et al. 2020), then sampled.
+"""
+
+import numpy as np
+
+
+def softmax(logits):
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max())
+    return z / z.sum()
+
+
+class GreedySampler:
+    """Always the most likely word (ties go to the lowest id, as np.argmax)."""
+
+    def allowed(self, logits):
+        return np.array([int(np.argmax(logits))])
+
+    def __call__(self, logits, rng):
+        return int(np.argmax(logits))
+
+
+class RandomSampler:
+    """Sample from softmax(logits / temperature) over the allowed words.
+
+    Args:
+        temperature: > 0; below 1 sharpens, above 1 flattens the distribution.
+    """
+
+    def __init__(self, temperature=1.0):
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0 (use GreedySampler for 0)")
+        self.temperature = temperature
+
+    def allowed(self, logits):
+        return np.arange(len(logits))
+
+    def probabilities(self, logits):
+        """The distribution sampled from: zero outside `allowed`, renormalised inside."""
+        logits = np.asarray(logits, dtype=np.float64) / self.temperature
+        allowed = self.allowed(logits)
+        probabilities = np.zeros(len(logits))
+        probabilities[allowed] = softmax(logits[allowed])
+        return probabilities
+
+    def __call__(self, logits, rng):
+        probabilities = self.probabilities(logits)
+        return int(rng.choice(len(probabilities), p=probabilities))
+
+
+class TopKSampler(RandomSampler):
+    """Sample among the k most likely words."""
+
+    def __init__(self, k, temperature=1.0):
+        super().__init__(temperature)
+        if k <= 0:
+            raise ValueError("k must be > 0")
+        self.k = k
+
+    def allowed(self, logits):
+        k = min(self.k, len(logits))
+        return np.argpartition(-np.asarray(logits), k - 1)[:k]
+
+
+class TopPSampler(RandomSampler):
+    """Sample among the fewest most-likely words whose total probability reaches p (with an optional top-k cut)."""
+
+    def __init__(self, p, temperature=1.0, k=0):
+        super().__init__(temperature)
+        if not 0 < p <= 1:
+            raise ValueError("p must be in (0, 1]")
+        self.p, self.k = p, k
+
+    def allowed(self, logits):
+        order = np.argsort(-np.asarray(logits), kind="stable")
+        if self.k:
+            order = order[: self.k]
+        cumulative = np.cumsum(softmax(np.asarray(logits)[order]))
+        return order[: int(np.searchsorted(cumulative, self.p)) + 1]  # the word that crosses p is included
+
+
+def make_sampler(temperature=1.0, top_k=0, top_p=1.0):
+    if temperature < 0:
+        raise ValueError("temperature must be >= 0")
+    if temperature == 0:
+        return GreedySampler()
+    if top_p < 1.0:
+        return TopPSampler(top_p, temperature, top_k)
+    if top_k > 0:
+        return TopKSampler(top_k, temperature)
+    return RandomSampler(temperature)

@@ -1,0 +1,89 @@
+"""Everything that is specific to the PyTorch backend lives here, each piece with a pure-Keras fallback.
+
+- `fused_lstm`: one LSTM layer through torch's fused kernel (`torch.lstm`: oneDNN on CPU, cuDNN on CUDA),
+  taking the Keras-layout weights as they are, so `.keras` files stay portable to every backend.
+- `precision_context` / `resolve_precision`: bfloat16 autocast where the hardware runs it natively.
+- `no_grad`: inference without building an autograd graph.
+"""
+
+import contextlib
+import functools
+
+import keras
+
+
+def is_torch():
+    return keras.backend.backend() == "torch"
+
+
+def fused_lstm(inputs, h, c, kernel, recurrent_kernel, bias, training):
+    """One LSTM layer over a whole sequence with torch's fused kernel.
+
+    Keras and torch use the same gate order (input, forget, cell, output), so the only change is the transpose:
+    Keras kernels are (input_dim, 4 * units), torch's are (4 * units, input_dim). Keras has one bias, torch
+    two (added together), so the second is zero.
+
+    Args:
+        inputs: (batch, time, input_dim) tensor.
+        h, c: (batch, units) initial states.
+        kernel, recurrent_kernel, bias: the Keras weights (tensors).
+    Returns:
+        (outputs (batch, time, units), h (batch, units), c (batch, units)).
+    """
+    import torch
+
+    weights = [kernel.t().contiguous(), recurrent_kernel.t().contiguous(), bias, torch.zeros_like(bias)]
+    outputs, h, c = torch.lstm(inputs, (h[None], c[None]), weights, True, 1, 0.0, training, False, True)
+    return outputs, h[0], c[0]
+
+
+@functools.cache
+def bfloat16_supported():
+    """True where bfloat16 matmuls run natively: a CUDA GPU with bf16, or a CPU with avx512_bf16 / AMX."""
+    if not is_torch():
+        return False
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision):
+    """'auto' -> 'bfloat16' where supported, else 'float32'."""
+    if precision == "auto":
+        return "bfloat16" if bfloat16_supported() else "float32"
+    return precision
+
+
+def device_type():
+    if is_torch():
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+def precision_context(precision):
+    """A context that runs the forward pass in `precision` ('float32' or 'bfloat16'); weights stay float32."""
+    if precision == "bfloat16" and is_torch():
+        import torch
+
+        return torch.autocast(device_type(), dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def no_grad():
+    if is_torch():
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
+def to_numpy(tensor):
+    return keras.ops.convert_to_numpy(keras.ops.cast(tensor, "float32"))

@@ -1,0 +1,95 @@
+"""Words <-> integer ids.
+
+Ids follow the tutorial's `build_vocab`: sort the training words by descending count, then by the word itself,
+and number them from 0. The vocabulary comes from the training split only. Words outside it map to `<unk>`;
+if the training text has more types than `max_size`, the rarest are folded into `<unk>` (added if absent).
+Saved as `vocab.txt`: one `word<TAB>count` per line, in id order (plain text, no pickle).
+"""
+
+import collections
+import os
+from pathlib import Path
+
+from lstmlm.errors import LstmlmError
+from lstmlm.tokenize import UNK
+
+
+class Vocabulary:
+    """An ordered word list with counts.
+
+    Args:
+        words: the words in id order.
+        counts: their training counts (same length).
+
+    Example:
+        >>> vocabulary = Vocabulary.build("b a b <eos>".split())
+        >>> vocabulary.words
+        ['b', '<eos>', 'a', '<unk>']
+        >>> vocabulary.encode(["a", "zebra"])
+        [2, 3]
+    """
+
+    def __init__(self, words, counts):
+        self.words = list(words)
+        self.counts = list(counts)
+        self.index = {word: i for i, word in enumerate(self.words)}
+        if len(self.index) != len(self.words):
+            raise LstmlmError("vocabulary: duplicate words")
+
+    @classmethod
+    def build(cls, words, max_size=None):
+        counter = collections.Counter(words)
+        ordered = sorted(counter.items(), key=lambda item: (-item[1], item[0]))
+        if max_size is not None and len(ordered) > max_size:
+            kept, dropped = ordered[: max_size - 1], ordered[max_size - 1 :]
+            if UNK not in dict(kept):
+                unk_count = counter.get(UNK, 0) + sum(count for word, count in dropped if word != UNK)
+                kept = sorted(kept + [(UNK, unk_count)], key=lambda item: (-item[1], item[0]))
+            else:  # <unk> already kept: keep one more real word instead of a second <unk>
+                kept = ordered[:max_size]
+            ordered = kept
+        elif UNK not in counter:
+            ordered = ordered + [(UNK, 0)]  # always able to encode unknown words
+        return cls([w for w, _ in ordered], [c for _, c in ordered])
+
+    def __len__(self):
+        return len(self.words)
+
+    @property
+    def unk_id(self):
+        return self.index[UNK]
+
+    def encode(self, words):
+        unk = self.unk_id
+        return [self.index.get(word, unk) for word in words]
+
+    def decode(self, ids):
+        return [self.words[int(i)] for i in ids]
+
+    def unknown(self, words):
+        """The words that are not in the vocabulary (they encode as `<unk>`)."""
+        return [word for word in words if word not in self.index]
+
+    def save(self, path):
+        path = Path(path)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text("".join(f"{w}\t{c}\n" for w, c in zip(self.words, self.counts)), encoding="utf-8")
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path):
+        path = Path(path)
+        words, counts = [], []
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            raise LstmlmError(f"{path}: no such file") from None
+        for number, line in enumerate(lines, 1):
+            word, tab, count = line.partition("\t")
+            if not tab or not word or not count.isdigit():
+                raise LstmlmError(f"{path}: line {number}: expected 'word<TAB>count'")
+            words.append(word)
+            counts.append(int(count))
+        if UNK not in words:
+            raise LstmlmError(f"{path}: the vocabulary has no {UNK} entry")
+        return cls(words, counts)
