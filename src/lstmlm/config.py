@@ -51,6 +51,9 @@ class Config:
     learning_rate: float = field(default=1.0, metadata=_help("initial learning rate"))
     weight_decay: float = field(default=0.0, metadata=_help("decoupled weight decay (adamw) or L2 (sgd)"))
     clip_norm: float = field(default=0.0, metadata=_help("clip the global gradient norm (0 = off)"))
+    sum_over_time: bool = field(default=False, metadata=_help(
+        "train on the loss summed over the time steps and averaged over the batch (Zaremba et al. 2014, TF "
+        "ptb_word_lm), so learning_rate and clip_norm mean what they mean there; off = mean per token"))
     lr_schedule: str = field(default="constant", metadata=_help(
         "'constant'; 'decay': multiply by lr_decay each epoch after lr_decay_start; "
         "'plateau': multiply by lr_decay when validation loss does not improve; 'cosine': cosine to 0 per step",
@@ -66,6 +69,7 @@ class Config:
         choices=("auto", "float32", "bfloat16")))
     fused: bool = field(default=True, metadata=_help(
         "use the backend's fused LSTM kernel (torch: oneDNN / cuDNN); off = the pure-Keras loop"))
+    threads: int = field(default=0, metadata=_help("CPU threads for the backend (0 = its default: all cores)"))
     eval_batch_size: int = field(default=1, metadata=_help(
         "parallel streams for validation; 1 carries the state through the whole text (exact)"))
     keep_checkpoints: int = field(default=0, metadata=_help("keep only the newest N epoch checkpoints (0 = all)"))
@@ -77,7 +81,7 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise LstmlmError(f"--{flag(name)} must be a positive integer, got {getattr(self, name)}")
-        for name in ["embedding_size", "skip_step", "lr_decay_start", "warmup_steps", "keep_checkpoints"]:
+        for name in ["threads", "embedding_size", "skip_step", "lr_decay_start", "warmup_steps", "keep_checkpoints"]:
             if getattr(self, name) < 0:
                 raise LstmlmError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ["dropout", "input_dropout", "layer_dropout", "embedding_dropout", "weight_drop"]:
@@ -94,7 +98,8 @@ class Config:
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise LstmlmError(f"--{flag(f.name)} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+                raise LstmlmError(f"--{flag(f.name)} must be one of {', '.join(choices)}, "
+                                  f"got {getattr(self, f.name)!r}")
         if self.tie_weights and self.embedding_size not in (0, self.hidden_size):
             raise LstmlmError("--tie-weights needs --embedding-size equal to --hidden-size")
         if (self.valid is None) != (self.train is None):

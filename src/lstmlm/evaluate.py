@@ -35,7 +35,7 @@ def _run_stream(model, inputs, targets, states, chunk_length, totals):
     for start in range(0, inputs.shape[1], chunk_length):
         x = ops.convert_to_tensor(inputs[:, start:start + chunk_length], dtype="int32")
         y = ops.convert_to_tensor(targets[:, start:start + chunk_length], dtype="int32")
-        logits, states = model.forward(x, states, training=False)
+        logits, states = model.call_with_states(x, states, training=False)
         for i, value in enumerate(_scores(logits, y)):
             totals[i] += value
     return states

@@ -64,12 +64,12 @@ class LanguageModel:
         """Logits of the last position (numpy float64) and the states after it."""
         with torch_backend.no_grad():
             x = ops.convert_to_tensor(np.asarray(ids, dtype=np.int32)[None, :])
-            logits, states = self.model.forward(x, states, training=False)
+            logits, states = self.model.call_with_states(x, states, training=False)
             return np.asarray(torch_backend.to_numpy(logits[0, -1]), dtype=np.float64), states
 
     def _all_logits(self, ids):
         with torch_backend.no_grad():
-            logits, _ = self.model.forward(ops.convert_to_tensor(np.asarray(ids, dtype=np.int32)[None, :]))
+            logits, _ = self.model.call_with_states(ops.convert_to_tensor(np.asarray(ids, dtype=np.int32)[None, :]))
             return np.asarray(torch_backend.to_numpy(logits[0]), dtype=np.float64)  # (time, vocab)
 
     # ---- the public verbs -----------------------------------------------------------------------------

@@ -4,7 +4,8 @@ This is the tutorial's network (Embedding 500 -> LSTM 500 -> LSTM 500 -> Dropout
 three changes that do not alter its mathematics: the softmax layer is applied to the 3-D tensor directly
 (TimeDistributed is the same function, 1.5x slower in Keras 3); it returns logits, and the loss applies the
 softmax (sparse cross-entropy on logits = categorical cross-entropy on one-hot targets); and the LSTM state is
-an explicit input and output, so training can carry it across batches and generation can feed one word at a time.
+an explicit input and output, so training can carry it across batches and generation can feed one word at a time
+(`call_with_states`; not named `forward`, which on the torch backend is torch.nn.Module's dispatch to `call`).
 Optional regularisation from the literature is off unless configured (see regularization.py).
 """
 
@@ -37,7 +38,7 @@ class LSTMLanguageModel(keras.Model):
 
     Example:
         >>> model = LSTMLanguageModel(vocabulary_size=50, embedding_size=8, hidden_size=8, num_layers=2)
-        >>> logits, states = model.forward(keras.ops.zeros((3, 7), dtype="int32"))
+        >>> logits, states = model.call_with_states(keras.ops.zeros((3, 7), dtype="int32"))
         >>> tuple(logits.shape), len(states)
         ((3, 7, 50), 2)
     """
@@ -96,7 +97,7 @@ class LSTMLanguageModel(keras.Model):
         """Zero (h, c) for every layer."""
         return [layer.initial_state(batch_size) for layer in self.lstm_layers]
 
-    def forward(self, token_ids, states=None, training=False):
+    def call_with_states(self, token_ids, states=None, training=False):
         """Logits for every position, and the LSTM states after the last position.
 
         Args:
@@ -124,7 +125,7 @@ class LSTMLanguageModel(keras.Model):
         return logits, new_states  # logits: (batch, time, vocabulary_size)
 
     def call(self, token_ids, training=False):
-        return self.forward(token_ids, None, training)[0]
+        return self.call_with_states(token_ids, None, training)[0]
 
     def get_config(self):
         return {**super().get_config(), **{name: getattr(self, name) for name in (

@@ -75,22 +75,23 @@ class _Epoch:
         return {"loss": self.loss.item(), "hits": self.hits.item(), "tokens": self.tokens}
 
 
-def train_step(model, optimizer, parameters, x, y, states, clip_norm, precision, device):
+def train_step(model, optimizer, parameters, x, y, states, clip_norm, precision, device, sum_over_time=False):
     """One optimisation step on a (batch, time) batch; returns (mean loss tensor, top-1 hits tensor, states).
 
     The loss is the mean cross-entropy in nats over the batch's tokens (sparse targets, logits: the same
-    mathematics as the tutorial's softmax + one-hot categorical cross-entropy).
+    mathematics as the tutorial's softmax + one-hot categorical cross-entropy). With `sum_over_time` the
+    gradient is that of the loss summed over time and averaged over the batch (mean x time steps).
     """
     import torch
 
     x = torch.as_tensor(x, dtype=torch.long, device=device)  # (batch, time)
     y = torch.as_tensor(y, dtype=torch.long, device=device).reshape(-1)  # (batch * time,)
     with torch_backend.precision_context(precision):
-        logits, new_states = model.forward(x, states, training=True)  # (batch, time, vocab)
+        logits, new_states = model.call_with_states(x, states, training=True)  # (batch, time, vocab)
     flat = logits.float().reshape(-1, logits.shape[-1])
     loss = torch.nn.functional.cross_entropy(flat, y)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * x.shape[1] if sum_over_time else loss).backward()
     if clip_norm > 0:
         torch.nn.utils.clip_grad_norm_(parameters, clip_norm, foreach=True)
     optimizer.step()
@@ -135,6 +136,8 @@ def train(config, out="runs/latest", resume=None, log=None, command=None, progre
     else:
         config.validate()
         state = None
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     precision = torch_backend.resolve_precision(config.precision)
     if precision == "bfloat16" and not torch_backend.bfloat16_supported():
         raise LstmlmError("--precision bfloat16: this machine has no native bfloat16 (needs a CUDA GPU with bf16 "
@@ -227,7 +230,7 @@ def train(config, out="runs/latest", resume=None, log=None, command=None, progre
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate
                 loss, hits, new_states = train_step(model, optimizer, parameters, x, y, states, config.clip_norm,
-                                                    precision, device)
+                                                    precision, device, config.sum_over_time)
                 if window is None:  # truncated BPTT: keep the state's values, cut its graph
                     states = [(h.detach(), c.detach()) for h, c in new_states]
                 batches_done = index + 1

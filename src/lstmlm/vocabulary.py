@@ -46,7 +46,9 @@ class Vocabulary:
                 unk_count = counter.get(UNK, 0) + sum(count for word, count in dropped if word != UNK)
                 kept = sorted(kept + [(UNK, unk_count)], key=lambda item: (-item[1], item[0]))
             else:  # <unk> already kept: keep one more real word instead of a second <unk>
-                kept = ordered[:max_size]
+                kept, dropped = dict(ordered[:max_size]), ordered[max_size:]
+                kept[UNK] += sum(count for _, count in dropped)  # the dropped words now read as <unk>
+                kept = sorted(kept.items(), key=lambda item: (-item[1], item[0]))
             ordered = kept
         elif UNK not in counter:
             ordered = ordered + [(UNK, 0)]  # always able to encode unknown words
