@@ -1,0 +1,172 @@
+"""Load test for `lstmlm serve`: N concurrent clients on loopback send a bounded number of requests.
+
+Reports requests/s, p50/p99 latency and the error count; prints Markdown and writes OUT.json and OUT.md.
+The server is either one already running (--url) or one this script starts as a subprocess for a run
+directory (--run-dir) or for a toy model it trains in a few seconds (--tiny), and stops afterwards.
+
+Args (command line):
+    --url URL | --run-dir DIR | --tiny    what to load
+    --endpoint next|generate|score         what each request asks (default next)
+    --clients N --requests M               M requests in all, N at a time (each client keeps one connection)
+    --words W                              /v1/generate: words per request
+    --out PREFIX                           default test-artifacts/load-ENDPOINT
+
+Example:
+    python benchmarks/load.py --tiny --clients 8 --requests 400
+    python benchmarks/load.py --run-dir runs/ptb-small --clients 4 --requests 200 --endpoint next
+"""
+
+import argparse
+import json
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+PROMPTS = ["the", "the stock market", "a bird sang in the", "the company said it", "in new york",
+           "the cat sat on the", "shares of the", "the dog ate the bone and"]
+TOY_SENTENCES = ["the cat sat on the mat", "the dog ate the bone", "a bird sang in the tree",
+                 "the market rose today"]
+
+
+def train_tiny(folder):
+    """A one-epoch toy run directory (the tests' recipe), for measuring the server rather than the model."""
+    from lstmlm.presets import preset
+    from lstmlm.train import train
+
+    rng = random.Random(0)
+    for name, lines in (("train", 300), ("valid", 40)):
+        (folder / f"{name}.txt").write_text("\n".join(rng.choice(TOY_SENTENCES) for _ in range(lines)) + "\n")
+    config = preset("tiny", train=str(folder / "train.txt"), valid=str(folder / "valid.txt"), epochs=1,
+                    hidden_size=16)
+    return train(config, out=folder / "run", progress=False, log=lambda line: None)
+
+
+def start_server(run_dir):
+    """`lstmlm serve RUN_DIR --port 0` in a subprocess; returns (process, base URL) once /health answers."""
+    process = subprocess.Popen([sys.executable, "-m", "lstmlm", "serve", str(run_dir), "--port", "0",
+                                "--log-level", "warning"], stderr=subprocess.PIPE, text=True)
+    line = process.stderr.readline()
+    found = re.search(r"at (http://\S+?)/ ", line)
+    if not found:
+        process.kill()
+        sys.exit(f"load.py: the server did not start: {line.strip()} {process.stderr.read()[-2000:]}")
+    # keep reading its stderr so a chatty server never blocks on a full pipe
+    threading.Thread(target=lambda: [sys.stderr.write(f"server: {text}") for text in process.stderr],
+                     daemon=True).start()
+    url = found[1]
+    for _ in range(300):
+        try:
+            httpx.get(url + "/health", timeout=5).raise_for_status()
+            return process, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    sys.exit("load.py: the server did not answer /health within 30 s")
+
+
+def request_body(endpoint, index, words):
+    prompt = PROMPTS[index % len(PROMPTS)]
+    if endpoint == "next":
+        return {"text": prompt, "top_k": 5}
+    if endpoint == "generate":
+        return {"prompt": prompt, "words": words, "temperature": 1.0, "top_k": 40, "seed": index}
+    return {"text": prompt + " " + " ".join(PROMPTS)}
+
+
+def measure(url, endpoint, clients, requests, words):
+    """Send `requests` requests over `clients` threads; returns the result dict."""
+    local = threading.local()
+    latencies, errors, lock = [], [], threading.Lock()
+
+    def one(index):
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=url, timeout=120)
+        started = time.perf_counter()
+        try:
+            answer = local.client.post(f"/v1/{endpoint}", json=request_body(endpoint, index, words))
+            ok, reason = answer.status_code == 200, f"HTTP {answer.status_code}"
+        except httpx.HTTPError as error:
+            ok, reason = False, type(error).__name__
+        elapsed = time.perf_counter() - started
+        with lock:
+            (latencies.append(elapsed) if ok else errors.append(reason))
+
+    with ThreadPoolExecutor(clients) as pool:  # warm-up: one request per client (connections, first calls)
+        list(pool.map(one, range(clients)))
+    latencies.clear(), errors.clear()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(requests)))
+    seconds = time.perf_counter() - started
+    ordered = sorted(latencies) or [float("nan")]
+    percentile = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731 (nearest rank)
+    health = httpx.get(url + "/health", timeout=10).json()
+    return {"endpoint": endpoint, "clients": clients, "requests": requests, "words": words if endpoint ==
+            "generate" else None, "seconds": round(seconds, 3), "requests_per_second": round(requests / seconds, 2),
+            "p50_ms": round(1000 * percentile(0.50), 2), "p99_ms": round(1000 * percentile(0.99), 2),
+            "mean_ms": round(1000 * statistics.fmean(ordered), 2), "errors": len(errors),
+            "error_kinds": sorted(set(errors)), "model": health["model"],
+            "vocabulary_size": health["vocabulary_size"], "parameters": health["parameters"],
+            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs", "command": " ".join(sys.argv)}
+
+
+def markdown(result):
+    rows = [("model", f"{result['model']} ({result['vocabulary_size']:,} words, {result['parameters']:,} "
+                      "parameters)"),
+            ("endpoint", f"/v1/{result['endpoint']}" + (f" ({result['words']} words)" if result["words"] else "")),
+            ("clients x requests", f"{result['clients']} x {result['requests']}"),
+            ("requests/s", f"{result['requests_per_second']:.1f}"),
+            ("p50 latency", f"{result['p50_ms']:.1f} ms"), ("p99 latency", f"{result['p99_ms']:.1f} ms"),
+            ("errors", str(result["errors"]) + (f" ({', '.join(result['error_kinds'])})" if result["errors"] else "")),
+            ("machine", result["machine"])]
+    return "\n".join(["| measure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
+    where.add_argument("--run-dir", help="start `lstmlm serve RUN_DIR` for the test")
+    where.add_argument("--tiny", action="store_true", help="train a toy model (seconds) and serve it")
+    parser.add_argument("--endpoint", choices=["next", "generate", "score"], default="next")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--words", type=int, default=20, help="/v1/generate: words per request")
+    parser.add_argument("--out", help="output prefix (default test-artifacts/load-ENDPOINT)")
+    args = parser.parse_args()
+    if args.clients <= 0 or args.requests <= 0:
+        parser.error("--clients and --requests must be positive")
+
+    process = None
+    with tempfile.TemporaryDirectory() as folder:
+        url = args.url.rstrip("/") if args.url else None
+        if not url:
+            run_dir = train_tiny(Path(folder)) if args.tiny else args.run_dir
+            process, url = start_server(run_dir)
+        try:
+            result = measure(url, args.endpoint, args.clients, args.requests, args.words)
+        finally:
+            if process:
+                process.terminate()
+                process.wait(timeout=30)
+    out = Path(args.out or f"test-artifacts/load-{args.endpoint}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(f"`{result['command']}`\n\n" + markdown(result))
+    print(markdown(result), end="")
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}", file=sys.stderr)
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""`lstmlm serve RUN_DIR`: next-word suggestions, generation and scoring over HTTP, and a web page.
+
+    GET  /             the page (src/lstmlm/web/index.html: suggestions as you type, continue, score)
+    GET  /health       model name, vocabulary size, parameter count, limits
+    POST /v1/next      {"text", "top_k"}                                       -> {"words": [{word, probability}]}
+    POST /v1/generate  {"prompt", "words", "temperature", "top_k", "top_p", "seed"} -> {"text", "words"}
+    POST /v1/score     {"text"}                -> {"words": [{word, log_probability}], total, tokens, perplexity}
+    GET  /openapi.json the schema (FastAPI), GET /docs its browsable form
+
+The model is loaded once, before the server listens; requests name no files. Keras/torch model calls are not
+thread-safe, so every call holds one lock (FastAPI runs the endpoints in a thread pool). Every error a client
+can cause is a 4xx with a JSON body {"error": "one line", "details": [...]}; never a traceback.
+
+FastAPI and uvicorn are the `serve` extra: they are imported inside functions so `lstmlm --help` stays fast
+and works without them.
+"""
+
+import dataclasses
+import json
+import socket
+import sys
+import threading
+from importlib import resources
+
+from lstmlm.errors import LstmlmError
+
+INSTALL_HINT = "lstmlm serve needs the serve extra: pip install 'lstmlm[serve]'"
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one request may ask for. Bounds keep one request from holding the model for long.
+
+    Example:
+        >>> Limits(max_words=100).max_top_k
+        100
+    """
+
+    max_request_bytes: int = 64 * 1024
+    max_text_characters: int = 10_000
+    max_text_words: int = 1_000
+    max_words: int = 500  # /v1/generate: words to generate
+    max_top_k: int = 100
+    max_temperature: float = 10.0
+
+
+# ---- request bodies -------------------------------------------------------------------------------------
+def _request_models(limits):
+    """Pydantic models of the three request bodies, bounded by `limits` (built per app: limits may differ)."""
+    from pydantic import BaseModel, ConfigDict, Field
+
+    # extra="forbid": a misspelt field ("topk") is an error, not silently the default.
+    strict = ConfigDict(extra="forbid", allow_inf_nan=False)
+    text_field = dict(max_length=limits.max_text_characters)
+
+    class NextRequest(BaseModel):
+        model_config = strict
+        text: str = Field(description="the words so far", **text_field)
+        top_k: int = Field(5, ge=1, le=limits.max_top_k, description="how many words to list")
+
+    class GenerateRequest(BaseModel):
+        model_config = strict
+        prompt: str = Field("", description="words to continue (empty: a new sentence)", **text_field)
+        words: int = Field(30, ge=0, le=limits.max_words, description="how many words to generate")
+        temperature: float = Field(1.0, ge=0, le=limits.max_temperature, description="0 = greedy")
+        top_k: int = Field(0, ge=0, le=limits.max_top_k, description="sample among the k most likely (0 = all)")
+        top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling threshold (1 = off)")
+        seed: int | None = Field(None, ge=0, le=2**63 - 1, description="same seed, same text")
+
+    class ScoreRequest(BaseModel):
+        model_config = strict
+        text: str = Field(description="the text to score", min_length=1, **text_field)
+
+    return NextRequest, GenerateRequest, ScoreRequest
+
+
+def _check_word_count(text, limits):
+    count = len(text.split())
+    if count > limits.max_text_words:
+        raise LstmlmError(f"the text has {count} words; the limit is {limits.max_text_words}")
+
+
+# ---- the body-size limit --------------------------------------------------------------------------------
+class BodyLimit:
+    """ASGI middleware: answer 413 to a request body over `max_bytes` before the app parses it.
+
+    The body is read here (at most max_bytes + one chunk) and replayed to the app, so a body without a
+    Content-Length header (chunked) is bounded too.
+    """
+
+    def __init__(self, app, max_bytes):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large(send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                return await self._too_large(send)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: wait for a disconnect, as the server would
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send):
+        payload = json.dumps({"error": f"request body over {self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+# ---- the app --------------------------------------------------------------------------------------------
+def _validation_message(errors):
+    """One line from pydantic's error list, e.g. "body.top_k: Input should be less than or equal to 100"."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid request')}{more}"
+
+
+def create_app(language_model, limits=Limits()):
+    """The FastAPI app serving one loaded model.
+
+    Args:
+        language_model: a `lstmlm.language_model.LanguageModel` (from `load(run_dir)`), loaded once.
+        limits: the request bounds.
+
+    Example:
+        >>> app = create_app(load("runs/tiny"))                  # doctest: +SKIP
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)        # doctest: +SKIP
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException
+
+    NextRequest, GenerateRequest, ScoreRequest = _request_models(limits)
+    lock = threading.Lock()
+    page = resources.files("lstmlm").joinpath("web/index.html").read_text(encoding="utf-8")
+    model_name = language_model.run.path.resolve().name  # the directory's name, never the full path
+    health = {"status": "ok", "model": model_name, "vocabulary_size": len(language_model.vocabulary),
+              "parameters": int(language_model.model.count_params()),
+              "hidden_size": language_model.config.hidden_size, "num_layers": language_model.config.num_layers,
+              "lowercase": language_model.config.lowercase, "limits": dataclasses.asdict(limits)}
+
+    app = FastAPI(title="lstmlm", version=__import__("lstmlm").__version__,
+                  description=f"Next-word suggestions, generation and scoring with the LSTM model {model_name!r}.")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError):
+        details = jsonable_encoder(error.errors(), custom_encoder={Exception: str})
+        for detail in details:
+            detail.pop("input", None)  # the client sent it; echoing up to 64 KiB back helps no one
+            detail.pop("url", None)
+        if any(detail.get("type") == "json_invalid" for detail in details):  # not JSON at all: a bad request
+            reason = details[0].get("ctx", {}).get("error", "JSON decode error")
+            return JSONResponse({"error": f"invalid JSON: {reason}", "details": details}, status_code=400)
+        return JSONResponse({"error": _validation_message(details), "details": details}, status_code=422)
+
+    @app.exception_handler(LstmlmError)
+    async def user_error(request: Request, error: LstmlmError):
+        return JSONResponse({"error": str(error)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):  # 404, 405: JSON like the rest
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception):  # a bug: the log has the traceback, not the client
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index():
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/health")
+    def get_health():
+        """The loaded model: name (the run directory's), vocabulary size, parameters, and the request limits."""
+        return health
+
+    @app.post("/v1/next")
+    def next_words(request: NextRequest):
+        """The `top_k` most likely next words after `text`, most likely first."""
+        _check_word_count(request.text, limits)
+        with lock:
+            return language_model.predict_next(request.text, request.top_k)
+
+    @app.post("/v1/generate")
+    def generate(request: GenerateRequest):
+        """Continue `prompt` by `words` words; the same seed (and settings) gives the same text."""
+        _check_word_count(request.prompt, limits)
+        with lock:
+            result = language_model.generate(request.prompt, request.words, request.temperature, request.top_k,
+                                             request.top_p, request.seed)
+        return {"prompt": request.prompt, **result}
+
+    @app.post("/v1/score")
+    def score(request: ScoreRequest):
+        """Log-probability (nats) of each word given the words before it; total, tokens, perplexity."""
+        _check_word_count(request.text, limits)
+        with lock:
+            return language_model.score(request.text)
+
+    return app
+
+
+# ---- listening ------------------------------------------------------------------------------------------
+def listen(host, port):
+    """A listening TCP socket, so that a busy port is one clear error (and port 0 picks a free one)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as error:
+        raise LstmlmError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
+    sock.listen(128)
+    return sock
+
+
+def make_server(app, log_level="info"):
+    """A uvicorn Server for `app`: `.run(sockets=[listen(host, port)])` serves (in a thread too, as the tests do).
+
+    In the main thread uvicorn catches Ctrl-C, shuts down gracefully, then raises KeyboardInterrupt again.
+    """
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+    return uvicorn.Server(config)
+
+
+# ---- the CLI verb ---------------------------------------------------------------------------------------
+def add_parser(subparsers):
+    parser = subparsers.add_parser("serve", help="next-word suggestions over HTTP and a web page",
+                                   description="Serve a run directory: JSON endpoints under /v1 and a page at /.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free port)")
+    parser.add_argument("--max-request-bytes", type=int, default=Limits.max_request_bytes,
+                        help=f"largest request body accepted (default {Limits.max_request_bytes})")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                        help="uvicorn's log level (info logs every request)")
+    parser.set_defaults(run=run_serve)
+
+
+def run_serve(args):
+    """Load the run directory, listen, serve until Ctrl-C (after which the CLI exits with 130)."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ModuleNotFoundError:
+        raise LstmlmError(INSTALL_HINT) from None
+    if not 0 <= args.port <= 65535:
+        raise LstmlmError(f"--port must be in 0..65535, got {args.port}")
+    if args.max_request_bytes <= 0:
+        raise LstmlmError(f"--max-request-bytes must be positive, got {args.max_request_bytes}")
+    from lstmlm.language_model import load
+
+    app = create_app(load(args.run_dir), Limits(max_request_bytes=args.max_request_bytes))
+    sock = listen(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"lstmlm: serving {args.run_dir} at http://{shown}:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+    if host not in ("127.0.0.1", "::1"):
+        print(f"lstmlm: note: {host} is reachable from other machines and there is no authentication",
+              file=sys.stderr, flush=True)
+    make_server(app, args.log_level).run(sockets=[sock])
+    return 0

@@ -1,0 +1,268 @@
+"""`lstmlm serve`: the JSON API through a real uvicorn server on a free loopback port.
+
+The numbers the server returns must be the library's numbers (`LanguageModel.predict_next`, `generate`,
+`score`); every bad request must be a 4xx with a JSON body, never a 500. The fixtures here are also used by
+tests/test_browser.py.
+"""
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+httpx = pytest.importorskip("httpx", reason="the test extra (httpx) is not installed")
+pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
+
+from lstmlm.errors import LstmlmError  # noqa: E402
+from lstmlm.server import Limits, create_app, listen, make_server  # noqa: E402
+
+SENTENCES = ["the cat sat on the mat", "the dog ate the bone", "a bird sang in the tree", "the market rose today"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A run directory trained for one epoch on a toy corpus (about 2 seconds)."""
+    import random
+
+    from lstmlm.presets import preset
+    from lstmlm.train import train
+
+    folder = tmp_path_factory.mktemp("serve")
+    rng = random.Random(0)
+    for name, lines in (("train", 300), ("valid", 40)):
+        (folder / f"{name}.txt").write_text("\n".join(rng.choice(SENTENCES) for _ in range(lines)) + "\n")
+    config = preset("tiny", train=str(folder / "train.txt"), valid=str(folder / "valid.txt"), epochs=1,
+                    hidden_size=16)
+    return train(config, out=folder / "run", progress=False, log=lambda line: None)
+
+
+@pytest.fixture(scope="session")
+def language_model(tiny_run):
+    from lstmlm.language_model import load
+
+    return load(tiny_run)
+
+
+@pytest.fixture(scope="session")
+def server_url(language_model):
+    """The base URL of a uvicorn server (in a thread) serving the tiny model; stopped after the session."""
+    sock = listen("127.0.0.1", 0)
+    server = make_server(create_app(language_model), log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def client(server_url):
+    with httpx.Client(base_url=server_url, timeout=30) as client:
+        yield client
+
+
+# ---- the endpoints --------------------------------------------------------------------------------------
+def test_health_describes_the_loaded_model(client, language_model):
+    health = client.get("/health").json()
+    assert health["status"] == "ok"
+    assert health["model"] == "run"  # the run directory's name, not its full path
+    assert health["vocabulary_size"] == len(language_model.vocabulary)
+    assert health["parameters"] == language_model.model.count_params()
+    assert health["limits"] == Limits().__dict__
+
+
+def test_openapi_schema_lists_the_versioned_endpoints(client):
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/next", "/v1/generate", "/v1/score", "/health"} <= set(schema["paths"])
+    assert schema["components"]["schemas"]["NextRequest"]["properties"]["top_k"]["maximum"] == 100
+
+
+def test_next_matches_the_library_sorted_and_at_most_one(client, language_model):
+    answer = client.post("/v1/next", json={"text": "the cat sat on", "top_k": 5})
+    assert answer.status_code == 200
+    words = answer.json()["words"]
+    expected = language_model.predict_next("the cat sat on", top_k=5)["words"]
+    assert [w["word"] for w in words] == [w["word"] for w in expected]
+    assert [w["probability"] for w in words] == pytest.approx([w["probability"] for w in expected], abs=1e-12)
+    probabilities = [w["probability"] for w in words]
+    assert len(words) == 5 and probabilities == sorted(probabilities, reverse=True)
+    assert 0 < sum(probabilities) <= 1
+
+
+def test_next_over_the_whole_vocabulary_sums_to_one(client, language_model):
+    size = len(language_model.vocabulary)
+    words = client.post("/v1/next", json={"text": "a bird", "top_k": 100}).json()["words"]
+    assert len(words) == min(size, 100)
+    assert sum(w["probability"] for w in words) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_next_reports_unknown_words(client):
+    answer = client.post("/v1/next", json={"text": "the zebra"}).json()
+    assert answer["unknown"] == ["zebra"] and len(answer["words"]) == 5
+
+
+def test_generate_same_seed_same_text(client, language_model):
+    request = {"prompt": "the dog", "words": 12, "temperature": 1.0, "top_k": 5, "seed": 7}
+    first, second = (client.post("/v1/generate", json=request).json() for _ in range(2))
+    assert first["text"] == second["text"] and len(first["words"]) == 12
+    library = language_model.generate("the dog", words=12, temperature=1.0, top_k=5, seed=7)
+    assert first["words"] == library["words"] and first["text"] == library["text"]
+
+
+def test_generate_greedy_needs_no_seed(client, language_model):
+    answer = client.post("/v1/generate", json={"prompt": "a bird", "words": 6, "temperature": 0}).json()
+    assert answer["words"] == language_model.generate("a bird", words=6, temperature=0)["words"]
+
+
+def test_score_total_is_the_sum_and_perplexity_follows(client, language_model):
+    answer = client.post("/v1/score", json={"text": "the cat sat on the mat"}).json()
+    values = [w["log_probability"] for w in answer["words"]]
+    assert [w["word"] for w in answer["words"]] == "the cat sat on the mat".split()
+    assert all(v < 0 for v in values)
+    assert answer["tokens"] == 6
+    assert answer["total_log_probability"] == pytest.approx(sum(values), abs=1e-9)
+    assert answer["perplexity"] == pytest.approx(math.exp(-answer["total_log_probability"] / 6), rel=1e-9)
+    library = language_model.score("the cat sat on the mat")
+    assert answer["total_log_probability"] == pytest.approx(library["total_log_probability"], abs=1e-9)
+
+
+def test_concurrent_requests_get_the_sequential_answers(server_url, language_model):
+    """Model calls are serialized by a lock: answers under concurrency equal the one-at-a-time answers."""
+    texts = [" ".join(SENTENCES[i % 4].split()[: 1 + i % 5]) for i in range(24)]
+    expected = {t: language_model.predict_next(t, 3)["words"] for t in texts}
+
+    def ask(text):
+        with httpx.Client(base_url=server_url, timeout=30) as client:
+            return text, client.post("/v1/next", json={"text": text, "top_k": 3}).json()["words"]
+
+    with ThreadPoolExecutor(8) as pool:
+        for text, words in pool.map(ask, texts):
+            assert [w["word"] for w in words] == [w["word"] for w in expected[text]]
+            assert [w["probability"] for w in words] == pytest.approx(
+                [w["probability"] for w in expected[text]], abs=1e-9)
+
+
+def test_the_page_is_served_and_self_contained(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="suggestions"' in page.text and 'id="continue"' in page.text and 'id="score"' in page.text
+    # offline: no scripts, styles, fonts or images from anywhere but this server
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page.text)
+    assert "@import" not in page.text and "url(" not in page.text
+
+
+# ---- limits and errors ----------------------------------------------------------------------------------
+BAD_REQUESTS = [
+    ("/v1/next", {"text": "the", "top_k": 0}, 422, "top_k"),
+    ("/v1/next", {"text": "the", "top_k": 101}, 422, "top_k"),
+    ("/v1/next", {"text": "the", "top_k": "many"}, 422, "top_k"),
+    ("/v1/next", {"top_k": 3}, 422, "text"),
+    ("/v1/next", {"text": 5}, 422, "text"),
+    ("/v1/next", {"text": "the", "topk": 3}, 422, "topk"),  # a misspelt field is not ignored
+    ("/v1/next", {"text": "x" * 10_001}, 422, "text"),
+    ("/v1/next", {"text": "a " * 1_001}, 422, "1001 words"),
+    ("/v1/generate", {"words": 501}, 422, "words"),
+    ("/v1/generate", {"words": -1}, 422, "words"),
+    ("/v1/generate", {"temperature": -0.5}, 422, "temperature"),
+    ("/v1/generate", {"temperature": 11}, 422, "temperature"),
+    ("/v1/generate", {"top_p": 0}, 422, "top_p"),
+    ("/v1/generate", {"top_p": 1.5}, 422, "top_p"),
+    ("/v1/generate", {"seed": -1}, 422, "seed"),
+    ("/v1/score", {"text": ""}, 422, "text"),
+    ("/v1/score", {"text": "   "}, 422, "no words"),
+    ("/v1/score", [1, 2], 422, "body"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, mentioned", BAD_REQUESTS)
+def test_bad_values_are_4xx_json(client, path, body, status, mentioned):
+    answer = client.post(path, json=body)
+    assert answer.status_code == status, answer.text
+    assert mentioned in answer.json()["error"]
+    assert "Traceback" not in answer.text
+
+
+@pytest.mark.parametrize("content", [b'{"text": "the",', b"text=the", b"\xff\xfe", b'{"temperature": NaN}'])
+def test_invalid_json_is_4xx_json(client, content):
+    answer = client.post("/v1/generate", content=content, headers={"Content-Type": "application/json"})
+    assert 400 <= answer.status_code < 500, answer.text
+    assert answer.json()["error"]
+
+
+def test_oversize_body_is_413_with_or_without_content_length(client):
+    body = json.dumps({"text": "the " * 20_000}).encode()  # 80 kB > the 64 KiB limit
+    assert client.post("/v1/score", content=body).status_code == 413
+    chunked = client.post("/v1/score", content=iter([body[:40_000], body[40_000:]]))  # no Content-Length
+    assert chunked.status_code == 413 and "bytes" in chunked.json()["error"]
+    assert client.get("/health").status_code == 200  # and the server is still fine
+
+
+def test_unknown_paths_and_methods_are_json(client):
+    assert client.get("/v2/next").json() == {"error": "Not Found"}
+    answer = client.get("/v1/next")
+    assert answer.status_code == 405 and answer.json()["error"]
+
+
+# ---- the CLI verb ---------------------------------------------------------------------------------------
+def test_cli_missing_run_directory_is_one_line(tmp_path, capsys):
+    from lstmlm.cli import main
+
+    assert main(["serve", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == f"lstmlm: error: {tmp_path / 'nowhere'}: no such run directory"
+
+
+def test_cli_without_the_serve_extra_says_what_to_install(tmp_path, capsys, monkeypatch):
+    from lstmlm.cli import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # `import uvicorn` now raises ModuleNotFoundError
+    assert main(["serve", str(tmp_path)]) == 2
+    assert "pip install 'lstmlm[serve]'" in capsys.readouterr().err
+
+
+def test_busy_port_is_one_clear_error():
+    first = listen("127.0.0.1", 0)
+    try:
+        with pytest.raises(LstmlmError, match=r"cannot listen on 127\.0\.0\.1:\d+"):
+            listen("127.0.0.1", first.getsockname()[1])
+    finally:
+        first.close()
+
+
+@pytest.mark.slow
+def test_cli_serves_until_ctrl_c(tiny_run):
+    """`lstmlm serve RUN --port 0` in a subprocess: prints its URL, answers, stops on Ctrl-C with status 130
+    (the CLI's Ctrl-C status) after uvicorn's graceful shutdown."""
+    process = subprocess.Popen([sys.executable, "-m", "lstmlm", "serve", str(tiny_run), "--port", "0",
+                                "--log-level", "warning"], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = process.stderr.readline()
+        url = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
+        assert url, line
+        for _ in range(100):  # the socket listens before uvicorn has started; wait for an answer
+            try:
+                health = httpx.get(url[1] + "health", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert health.json()["model"] == "run"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+        assert process.stderr.read().strip().endswith("lstmlm: interrupted")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()
