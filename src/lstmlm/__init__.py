@@ -1,15 +1,34 @@
-"""lstmlm: word-level LSTM language models in Keras 3 (PyTorch backend by default)."""
+"""lstmlm: word-level LSTM language models in Keras 3 (PyTorch backend by default).
 
+    import lstmlm
+    run_dir = lstmlm.train(lstmlm.preset("small"), out="runs/small")
+    model = lstmlm.load(run_dir)
+    model.predict_next("the stock market", top_k=5)
+
+`import lstmlm` registers the Keras classes (LSTMLanguageModel, LSTM), so `keras.saving.load_model` can read
+a run's `.keras` files in safe mode; the other names are imported on first use.
+"""
+
+import importlib
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # before keras is imported anywhere
 
-from lstmlm.config import Config  # noqa: E402
-from lstmlm.errors import LstmlmError  # noqa: E402
-from lstmlm.lstm import LSTM  # noqa: E402
-from lstmlm.model import LSTMLanguageModel, build_model  # noqa: E402
-from lstmlm.presets import PRESETS, preset  # noqa: E402
-from lstmlm.vocabulary import Vocabulary  # noqa: E402
-
 __version__ = "0.1.0"
-__all__ = ["Config", "LstmlmError", "LSTM", "LSTMLanguageModel", "build_model", "PRESETS", "preset", "Vocabulary"]
+
+from lstmlm.lstm import LSTM  # noqa: E402  (registers lstmlm>LSTM)
+from lstmlm.model import LSTMLanguageModel, build_model  # noqa: E402  (registers lstmlm>LSTMLanguageModel)
+
+_EXPORTS = {
+    "Config": "lstmlm.config", "LstmlmError": "lstmlm.errors", "PRESETS": "lstmlm.presets",
+    "preset": "lstmlm.presets", "Vocabulary": "lstmlm.vocabulary", "train": "lstmlm.train",
+    "load": "lstmlm.language_model", "LanguageModel": "lstmlm.language_model",
+    "evaluate_ids": "lstmlm.evaluate", "load_run": "lstmlm.run_directory",
+}
+__all__ = sorted([*_EXPORTS, "LSTM", "LSTMLanguageModel", "build_model"])
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lstmlm' has no attribute {name!r}")

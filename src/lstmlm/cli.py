@@ -95,13 +95,13 @@ def run_train(args):
             from lstmlm.config import Config
 
             config = Config(epochs=args.epochs)
-        out = train(config, resume=args.resume, command=["lstmlm", *sys.argv[1:]])
+        out = train(config, resume=args.resume, command=["lstmlm", *args.argv])
     else:
         config = resolve_config(args)
         if args.print_config:
             print(json.dumps(config.to_dict(), indent=2))
             return 0
-        out = train(config, out=args.out or f"runs/{args.preset}", command=["lstmlm", *sys.argv[1:]])
+        out = train(config, out=args.out or f"runs/{args.preset}", command=["lstmlm", *args.argv])
     if not args.no_report:
         report(out)
     return 0
@@ -128,7 +128,10 @@ def format_evaluation(result):
 def _print_actual_vs_predicted(model, split, skip, count, as_json=False):
     from lstmlm.corpus import split_words
 
-    words = split_words(model.config)[0][split] if split else None
+    all_words = split_words(model.config)[0]
+    if split not in all_words:
+        raise LstmlmError(f"--split {split}: this run has no {split} split")
+    words = all_words[split]
     result = model.actual_vs_predicted(model.vocabulary.encode(words), skip, count)
     if as_json:
         print(json.dumps({"split": split, "skip": skip, **result}))
@@ -241,6 +244,7 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line recorded in config.json
     try:
         return args.run(args)
     except LstmlmError as error:

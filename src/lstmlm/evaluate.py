@@ -97,6 +97,9 @@ def evaluate(run, split="test", file=None, batch_size=1, chunk_length=256):
         if split not in all_words:
             raise LstmlmError(f"--split {split}: this run has no {split} split (use --file)")
         words, name = all_words[split], split
+    precision = torch_backend.resolve_precision(run.config.precision)
+    if precision == "bfloat16" and not torch_backend.bfloat16_supported():
+        precision = "float32"  # trained in bfloat16 elsewhere (a GPU); this machine has no bfloat16 kernels
     result = evaluate_ids(run.model, run.vocabulary.encode(words), run.vocabulary, batch_size, chunk_length,
-                          torch_backend.resolve_precision(run.config.precision))
+                          precision)
     return {"split": name, **result, "unknown_words": len(run.vocabulary.unknown(words))}

@@ -207,9 +207,6 @@ def train(config, out="runs/latest", resume=None, log=None, command=None, progre
             if schedule.out_of_time(wall()):
                 log(f"stopping before epoch {epoch}: the --max-minutes {config.max_minutes:g} budget is spent")
                 break
-            # One dropout seed per epoch, so a resumed run draws the same masks as an unbroken one.
-            for owner in [model, *model.lstm_layers]:
-                owner.seed_generator.state.assign(np.array([owner.seed or 0, epoch], dtype="uint32"))
             epoch_window_position = window.current_idx if window else 0
             batches = window.epoch() if window else stream_batches(train_ids, config.batch_size, config.num_steps)
             states = None if window else model.initial_states(config.batch_size)
@@ -226,6 +223,10 @@ def train(config, out="runs/latest", resume=None, log=None, command=None, progre
             for index, (x, y) in enumerate(batches):
                 if index < skip:
                     continue
+                # Dropout masks depend only on (seed, epoch, batch): a resumed run draws the unbroken run's masks.
+                for owner in [model, *model.lstm_layers]:
+                    owner.seed_generator.state.assign(
+                        np.array([owner.seed or 0, epoch * 1_000_003 + index], dtype="uint32"))
                 learning_rate = schedule.at_step(epoch, index, wall())
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate

@@ -1,0 +1,147 @@
+"""The lstmlm command end to end on a tiny corpus: train -> evaluate -> predict -> generate."""
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lstmlm.cli import main
+
+TRAIN_FLAGS = ["--preset", "tiny", "--hidden-size", "16", "--num-steps", "8", "--epochs", "2",
+               "--learning-rate", "0.03", "--precision", "float32"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(toy_corpus, tmp_path_factory):
+    """A run trained through `lstmlm train`, with the report it printed."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    argv = ["train", *TRAIN_FLAGS, "--train", str(toy_corpus["train"]), "--valid", str(toy_corpus["valid"]),
+            "--test", str(toy_corpus["test"]), "--out", str(out)]
+    import contextlib
+    import io
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = main(argv)
+    return out, argv, status, stdout.getvalue(), stderr.getvalue()
+
+
+def run_cli(capsys, *argv):
+    status = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_train_writes_a_run_and_reports(cli_run):
+    out, argv, status, stdout, stderr = cli_run
+    assert status == 0
+    assert (out / "model.keras").is_file() and (out / "checkpoints" / "model-02.keras").is_file()
+    info = json.loads((out / "config.json").read_text())
+    assert info["command"] == "lstmlm " + " ".join(shlex.quote(a) for a in argv)
+    assert info["config"]["hidden_size"] == 16 and info["config"]["num_layers"] == 2  # preset + overrides
+    assert info["config"]["epochs"] == 2 and info["config"]["optimizer"] == "adam"
+    assert "epoch 2: train loss" in stderr
+    assert f"best model: {out}/model.keras" in stdout
+    assert "valid: loss" in stdout and "test: loss" in stdout
+    assert "Actual words:" in stdout and "Predicted words:" in stdout
+
+
+def test_evaluate_json(cli_run, capsys, toy_corpus):
+    out = cli_run[0]
+    status, stdout, _ = run_cli(capsys, "evaluate", out, "--json")
+    assert status == 0
+    result = json.loads(stdout)
+    assert list(result) == ["split", "tokens", "loss", "perplexity", "accuracy", "top5_accuracy"]
+    assert result["split"] == "test"
+    assert result["tokens"] == len(toy_corpus["test"].read_text().split()) + \
+        toy_corpus["test"].read_text().count("\n")
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]), rel=1e-12)
+    assert 0 <= result["accuracy"] <= result["top5_accuracy"] <= 1
+    # the same numbers through --file, and the valid split
+    status, stdout, _ = run_cli(capsys, "evaluate", out, "--file", toy_corpus["test"], "--json")
+    by_file = json.loads(stdout)
+    assert by_file["loss"] == pytest.approx(result["loss"], rel=1e-9) and by_file["split"] == str(toy_corpus["test"])
+    status, stdout, _ = run_cli(capsys, "evaluate", out, "--split", "valid")
+    assert status == 0 and stdout.startswith("valid: loss ") and "perplexity" in stdout
+
+
+def test_predict_text_json(cli_run, capsys):
+    status, stdout, stderr = run_cli(capsys, "predict", cli_run[0], "--text", "the cat", "--top-k", "4", "--json")
+    assert status == 0 and stderr == ""
+    words = json.loads(stdout)["words"]
+    assert len(words) == 4
+    probabilities = [entry["probability"] for entry in words]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert all(0 < p <= 1 for p in probabilities) and sum(probabilities) <= 1 + 1e-9
+    status, stdout, _ = run_cli(capsys, "predict", cli_run[0], "--text", "the cat")
+    lines = stdout.splitlines()
+    assert len(lines) == 5 and lines[0].split()[1] == words[0]["word"]
+
+
+def test_predict_split_report(cli_run, capsys):
+    status, stdout, _ = run_cli(capsys, "predict", cli_run[0], "--split", "test", "--skip", "0", "--count", "3")
+    assert status == 0
+    lines = stdout.splitlines()
+    actual = next(line for line in lines if line.startswith("Actual words: "))
+    predicted = next(line for line in lines if line.startswith("Predicted words: "))
+    assert len(actual.split()) == 2 + 3 and len(predicted.split()) == 2 + 3
+    # the actual words are test words 8, 9, 10 (num_steps 8, skip 0)
+    from lstmlm.tokenize import read_words
+
+    test_words = read_words(Path(json.loads((cli_run[0] / "config.json").read_text())["config"]["test"]))
+    assert actual.split()[2:] == test_words[8:11]
+    status, stdout, _ = run_cli(capsys, "predict", cli_run[0], "--split", "test", "--skip", "0", "--count", "3",
+                                "--json")
+    result = json.loads(stdout)
+    assert result["actual"] == test_words[8:11] and result["predicted"] == predicted.split()[2:]
+
+
+def test_generate_with_seed(cli_run, capsys):
+    outputs = []
+    for seed in (4, 4, 5):
+        status, stdout, _ = run_cli(capsys, "generate", cli_run[0], "--prompt", "my friend", "--words", "25",
+                                    "--seed", seed)
+        assert status == 0
+        outputs.append(stdout)
+    assert outputs[0] == outputs[1] and outputs[0] != outputs[2]
+    assert outputs[0].startswith("my friend ")
+    status, stdout, _ = run_cli(capsys, "generate", cli_run[0], "--words", "10", "--temperature", "0", "--json")
+    result = json.loads(stdout)
+    assert len(result["words"]) == 10 and result["prompt"] == ""
+
+
+def test_print_config(capsys, toy_corpus):
+    status, stdout, _ = run_cli(capsys, "train", "--preset", "tiny", "--hidden-size", "24", "--print-config")
+    assert status == 0
+    config = json.loads(stdout)
+    assert config["hidden_size"] == 24 and config["optimizer"] == "adam"
+
+
+def test_resume_through_the_cli(cli_run, capsys, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(cli_run[0], copy)
+    status, stdout, stderr = run_cli(capsys, "train", "--resume", copy, "--epochs", "3", "--no-report")
+    assert status == 0 and stdout == ""
+    assert (copy / "checkpoints" / "model-03.keras").is_file()
+    info = json.loads((copy / "config.json").read_text())
+    assert info["config"]["epochs"] == 3 and info["resumed"] == [f"lstmlm train --resume {copy} --epochs 3 --no-report"]
+
+
+def test_real_subprocess(cli_run):
+    executable = Path(sys.executable).with_name("lstmlm")
+    if not executable.exists():
+        pytest.skip("the lstmlm console script is not installed next to this Python")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run([str(executable), "evaluate", str(cli_run[0]), "--split", "valid", "--json"],
+                               capture_output=True, text=True, timeout=300, env=env)
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    assert result["split"] == "valid" and result["perplexity"] == pytest.approx(math.exp(result["loss"]))
+    assert "Traceback" not in completed.stderr

@@ -1,0 +1,102 @@
+"""Samplers on plain logits (no model): greedy, seeded sampling, top-k and top-p restrictions."""
+
+import numpy as np
+import pytest
+
+from lstmlm.samplers import GreedySampler, RandomSampler, TopKSampler, TopPSampler, make_sampler, softmax
+
+LOGITS = np.log(np.array([0.05, 0.4, 0.1, 0.25, 0.02, 0.18]))  # probabilities in id order
+
+
+def draws(sampler, logits, n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.array([sampler(logits, rng) for _ in range(n)])
+
+
+def test_greedy_is_argmax():
+    rng = np.random.default_rng(0)
+    sampler = make_sampler(temperature=0)
+    assert isinstance(sampler, GreedySampler)
+    for _ in range(50):
+        logits = rng.normal(size=17)
+        assert sampler(logits, rng) == int(np.argmax(logits))
+    assert sampler(np.array([1.0, 3.0, 3.0]), rng) == 1  # ties: lowest id
+    assert sampler.allowed(LOGITS).tolist() == [1]
+
+
+def test_seeded_sampling_is_reproducible():
+    sampler = make_sampler(temperature=1.0)
+    assert isinstance(sampler, RandomSampler)
+    np.testing.assert_array_equal(draws(sampler, LOGITS, 200, seed=7), draws(sampler, LOGITS, 200, seed=7))
+    assert not np.array_equal(draws(sampler, LOGITS, 200, seed=7), draws(sampler, LOGITS, 200, seed=8))
+
+
+def test_sampling_follows_the_distribution():
+    frequencies = np.bincount(draws(RandomSampler(), LOGITS, 6000), minlength=6) / 6000
+    np.testing.assert_allclose(frequencies, softmax(LOGITS), atol=0.03)
+
+
+def test_temperature_sharpens_and_flattens():
+    cold = RandomSampler(0.5).probabilities(LOGITS)
+    hot = RandomSampler(2.0).probabilities(LOGITS)
+    expected_cold = np.array([0.05, 0.4, 0.1, 0.25, 0.02, 0.18]) ** 2
+    np.testing.assert_allclose(cold, expected_cold / expected_cold.sum(), rtol=1e-9)
+    assert cold.max() > softmax(LOGITS).max() > hot.max()
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_top_k_only_emits_the_k_most_likely(k):
+    sampler = make_sampler(temperature=1.0, top_k=k)
+    assert isinstance(sampler, TopKSampler)
+    allowed = set(np.argsort(-LOGITS)[:k].tolist())
+    assert set(sampler.allowed(LOGITS).tolist()) == allowed
+    seen = set(draws(sampler, LOGITS, 2000).tolist())
+    assert seen <= allowed
+    assert seen == allowed  # and each allowed word does come up
+    probabilities = sampler.probabilities(LOGITS)
+    assert probabilities.sum() == pytest.approx(1.0)
+    assert (probabilities[list(set(range(6)) - allowed)] == 0).all()
+
+
+def test_top_k_larger_than_vocabulary():
+    assert sorted(TopKSampler(100).allowed(LOGITS).tolist()) == list(range(6))
+
+
+@pytest.mark.parametrize("p, expected", [
+    (0.3, {1}),              # 0.4 alone reaches 0.3
+    (0.39, {1}),
+    (0.5, {1, 3}),           # 0.4 < 0.5 <= 0.65
+    (0.64, {1, 3}),
+    (0.8, {1, 3, 5}),        # 0.65 < 0.8 <= 0.83
+    (0.9, {1, 3, 5, 2}),     # 0.83 < 0.9 <= 0.93
+    (1.0, {0, 1, 2, 3, 4, 5}),
+])
+def test_top_p_keeps_the_smallest_set_reaching_p(p, expected):
+    sampler = TopPSampler(p)
+    allowed = set(sampler.allowed(LOGITS).tolist())
+    assert allowed == expected
+    mass = softmax(LOGITS)[sorted(allowed)].sum()
+    assert mass >= p - 1e-9
+    smaller = sorted(allowed, key=lambda i: -LOGITS[i])[:-1]
+    assert softmax(LOGITS)[smaller].sum() < p  # without its least likely word the set falls short of p
+    assert set(draws(sampler, LOGITS, 1500).tolist()) <= allowed
+
+
+def test_top_p_with_top_k_and_make_sampler_choice():
+    sampler = make_sampler(temperature=1.0, top_k=2, top_p=0.95)
+    assert isinstance(sampler, TopPSampler)
+    assert set(sampler.allowed(LOGITS).tolist()) == {1, 3}  # top-k cuts first
+    assert set(draws(sampler, LOGITS, 1000).tolist()) <= {1, 3}
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError):
+        make_sampler(temperature=-1)
+    with pytest.raises(ValueError):
+        TopKSampler(0)
+    with pytest.raises(ValueError):
+        TopPSampler(0)
+    with pytest.raises(ValueError):
+        TopPSampler(1.5)
+    with pytest.raises(ValueError):
+        RandomSampler(0)
