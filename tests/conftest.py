@@ -70,7 +70,7 @@ def tiny_config(paths, **overrides):
 @pytest.fixture(scope="session")
 def tiny_run(toy_corpus, tmp_path_factory):
     """A run directory trained for 3 epochs on the toy corpus. Tests must not modify it (copy it first)."""
-    from lstmlm.train import train
+    from lstmlm.training import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     lines = []

@@ -7,7 +7,7 @@ import pytest
 from conftest import tree_digest
 
 from lstmlm import corpus as corpus_module
-from lstmlm import train as train_module
+from lstmlm import training as train_module
 from lstmlm.cli import main
 
 

@@ -34,7 +34,7 @@ def tiny_run(tmp_path_factory):
     import random
 
     from lstmlm.presets import preset
-    from lstmlm.train import train
+    from lstmlm.training import train
 
     folder = tmp_path_factory.mktemp("serve")
     rng = random.Random(0)

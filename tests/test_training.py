@@ -11,11 +11,11 @@ from conftest import tiny_config, tree_digest
 
 from lstmlm import run_directory as rd
 from lstmlm import torch_backend
-from lstmlm import train as train_module
+from lstmlm import training as train_module
 from lstmlm.batches import num_stream_batches
 from lstmlm.config import Config
 from lstmlm.errors import LstmlmError
-from lstmlm.train import HISTORY_FIELDS, train
+from lstmlm.training import HISTORY_FIELDS, train
 
 torch = pytest.importorskip("torch")
 

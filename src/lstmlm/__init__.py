@@ -21,7 +21,7 @@ from lstmlm.model import LSTMLanguageModel, build_model  # noqa: E402  (register
 
 _EXPORTS = {
     "Config": "lstmlm.config", "LstmlmError": "lstmlm.errors", "PRESETS": "lstmlm.presets",
-    "preset": "lstmlm.presets", "Vocabulary": "lstmlm.vocabulary", "train": "lstmlm.train",
+    "preset": "lstmlm.presets", "Vocabulary": "lstmlm.vocabulary", "train": "lstmlm.training",
     "load": "lstmlm.language_model", "LanguageModel": "lstmlm.language_model",
     "evaluate_ids": "lstmlm.evaluate", "load_run": "lstmlm.run_directory",
 }

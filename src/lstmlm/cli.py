@@ -87,7 +87,7 @@ def resolve_config(args):
 
 
 def run_train(args):
-    from lstmlm.train import train
+    from lstmlm.training import train
 
     if args.resume:
         config = None

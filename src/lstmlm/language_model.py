@@ -62,9 +62,9 @@ class LanguageModel:
     # ---- model steps ----------------------------------------------------------------------------------
     def _forward(self, ids, states=None):
         """Logits of the last position (numpy float64) and the states after it."""
-        with torch_backend.no_grad():
+        with torch_backend.no_grad(), torch_backend.cached_weights():
             x = ops.convert_to_tensor(np.asarray(ids, dtype=np.int32)[None, :])
-            logits, states = self.model.call_with_states(x, states, training=False)
+            logits, states = self.model.call_with_states(x, states, training=False, last_only=True)
             return np.asarray(torch_backend.to_numpy(logits[0, -1]), dtype=np.float64), states
 
     def _all_logits(self, ids):
@@ -79,7 +79,9 @@ class LanguageModel:
             raise LstmlmError(f"--top-k must be positive, got {top_k}")
         ids, _, unknown = self.encode_prompt(text)
         probabilities = softmax(self._forward(ids)[0])
-        top = np.argsort(-probabilities, kind="stable")[: min(top_k, len(probabilities))]
+        top_k = min(top_k, len(probabilities))
+        top = np.argpartition(-probabilities, top_k - 1)[:top_k]  # the k largest, then sorted
+        top = top[np.argsort(-probabilities[top], kind="stable")]
         return {"words": [{"word": self.vocabulary.words[i], "probability": float(probabilities[i])} for i in top],
                 "unknown": unknown}
 
@@ -96,12 +98,13 @@ class LanguageModel:
             raise LstmlmError(f"sampling: {error}") from None
         rng = np.random.default_rng(seed)
         ids, prompt_words, unknown = self.encode_prompt(prompt)
-        logits, states = self._forward(ids)
         out = []
-        for _ in range(words):
-            index = sampler(logits, rng)
-            out.append(self.vocabulary.words[index])
-            logits, states = self._forward([index], states)
+        with torch_backend.cached_weights():  # the weights are fixed for the whole continuation
+            logits, states = self._forward(ids)
+            for _ in range(words):
+                index = sampler(logits, rng)
+                out.append(self.vocabulary.words[index])
+                logits, states = self._forward([index], states)
         return {"prompt_words": prompt_words, "words": out, "text": join_words(out), "unknown": unknown}
 
     def score(self, text):

@@ -1,0 +1,122 @@
+"""`lstmlm plot` (training curves as PNG) and the TensorBoard scalars, on a tiny trained run."""
+
+import random
+import struct
+import sys
+
+import pytest
+
+from lstmlm.cli import main
+from lstmlm.errors import LstmlmError
+
+pytest.importorskip("matplotlib")
+from lstmlm.plots import FIGURES, plot_history  # noqa: E402
+
+
+def tensorboard_installed():
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_corpus(folder):
+    rng = random.Random(0)
+    words = "the cat sat on a mat dog ran to park and he she saw big small red house".split()
+    for name, lines in (("train.txt", 300), ("valid.txt", 40)):
+        text = "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(4, 10))) for _ in range(lines))
+        (folder / name).write_text(text + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A 2-epoch tiny run (about 2 s), with TensorBoard logs when the package is there."""
+    from lstmlm.presets import preset
+    from lstmlm.training import train
+
+    folder = tmp_path_factory.mktemp("plots")
+    write_corpus(folder)
+    config = preset("tiny", train=str(folder / "train.txt"), valid=str(folder / "valid.txt"), epochs=2,
+                    hidden_size=16, tensorboard=tensorboard_installed())
+    return train(config, out=folder / "run", progress=False, log=lambda s: None)
+
+
+def png_size(path):
+    """(width, height) from the PNG header; fails unless the file starts like a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plot_history_writes_one_png_per_figure(run_dir, tmp_path):
+    paths = plot_history(run_dir, tmp_path / "out")
+    assert [p.name for p in paths] == list(FIGURES) == ["loss.png", "perplexity.png", "accuracy.png",
+                                                         "learning_rate.png", "throughput.png"]
+    for path in paths:
+        assert path.parent == tmp_path / "out"
+        assert png_size(path) == (700, 450)  # figsize (7, 4.5) at 100 dpi
+        assert path.stat().st_size > 10_000  # lines, labels and titles, not an empty canvas
+
+
+def test_plot_command_defaults_to_run_plots_folder(run_dir, capsys):
+    assert main(["plot", str(run_dir)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == [str(run_dir / "plots" / name) for name in FIGURES]
+    assert png_size(run_dir / "plots" / "loss.png") == (700, 450)
+
+
+def test_plot_without_history_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(LstmlmError, match="no history.csv rows"):
+        plot_history(tmp_path)
+    assert main(["plot", str(tmp_path / "missing")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("lstmlm: error: ") and "no such run directory" in error
+
+
+def read_scalars(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.mark.skipif(not tensorboard_installed(), reason="needs lstmlm[tensorboard]")
+def test_write_scalars_round_trip(tmp_path):
+    from lstmlm.tensorboard import close, write_scalars
+
+    rows = [{"epoch": 1, "train_loss": 5.25, "valid_perplexity": 180.5, "train_tokens": 1000, "note": "x"},
+            {"epoch": 2, "train_loss": 4.75, "valid_perplexity": 150.25, "train_tokens": 2000, "note": "y"}]
+    assert write_scalars(tmp_path, rows[0]) == ["train_loss", "valid_perplexity", "train_tokens"]
+    write_scalars(tmp_path, rows[1])
+    close(tmp_path)
+    scalars = read_scalars(tmp_path)
+    assert sorted(scalars) == ["train_loss", "train_tokens", "valid_perplexity"]
+    assert scalars["train_loss"] == [(1, 5.25), (2, 4.75)]  # exactly representable in float32
+    assert scalars["valid_perplexity"] == [(1, 180.5), (2, 150.25)]
+    assert scalars["train_tokens"] == [(1, 1000.0), (2, 2000.0)]
+
+
+@pytest.mark.skipif(not tensorboard_installed(), reason="needs lstmlm[tensorboard]")
+def test_training_with_tensorboard_logs_the_history(run_dir):
+    from lstmlm.run_directory import read_history
+    from lstmlm.training import HISTORY_FIELDS
+
+    scalars = read_scalars(run_dir / "tensorboard")
+    history = read_history(run_dir / "history.csv")
+    assert sorted(scalars) == sorted(HISTORY_FIELDS[1:])
+    for field in HISTORY_FIELDS[1:]:
+        assert [step for step, _ in scalars[field]] == [1, 2]
+        for (_, value), row in zip(scalars[field], history):
+            assert value == pytest.approx(row[field], rel=1e-6)  # stored as float32
+
+
+def test_missing_tensorboard_package_is_a_clear_error(tmp_path, monkeypatch):
+    from lstmlm import tensorboard
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
+    monkeypatch.setattr(tensorboard, "_writers", {})
+    with pytest.raises(LstmlmError, match=r"pip install 'lstmlm\[tensorboard\]'"):
+        tensorboard.write_scalars(tmp_path, {"epoch": 1, "train_loss": 1.0})
