@@ -40,8 +40,8 @@ PRESETS = {
     # drop as in Merity et al. 2017) 2x256 LSTM, SGD at 20 with clip 0.25 (pytorch word_language_model's
     # settings) annealed to 0 by a cosine over the time budget, so the run ends fully annealed.
     "speedrun": dict(hidden_size=256, num_layers=2, num_steps=35, batch_size=20, tie_weights=True,
-                     dropout=0.25, input_dropout=0.25, layer_dropout=0.25, variational=True,
-                     embedding_dropout=0.05, weight_drop=0.15, optimizer="sgd", learning_rate=20.0,
+                     dropout=0.2, input_dropout=0.2, layer_dropout=0.2, variational=True,
+                     embedding_dropout=0.05, weight_drop=0.1, optimizer="sgd", learning_rate=20.0,
                      clip_norm=0.25, lr_schedule="cosine", epochs=60, max_minutes=60.0),
 }
 
