@@ -126,9 +126,9 @@ def format_evaluation(result):
 
 
 def _print_actual_vs_predicted(model, split, skip, count, as_json=False):
-    from lstmlm.corpus import split_words
+    from lstmlm.corpus import read_splits
 
-    all_words = split_words(model.config)[0]
+    all_words = read_splits(model.config, only=[split])[0]
     if split not in all_words:
         raise LstmlmError(f"--split {split}: this run has no {split} split")
     words = all_words[split]

@@ -47,16 +47,18 @@ def bundled_text(name, split):
     return data.decode("utf-8")
 
 
-def split_words(config):
-    """{split: words} for the configured corpus, and {split: source description}."""
+def read_splits(config, only=None):
+    """{split: words} for the configured corpus (all splits, or those in `only`), and {split: source}."""
     if config.train is not None:
         paths = {"train": config.train, "valid": config.valid}
         if config.test is not None:
             paths["test"] = config.test
+        paths = {split: path for split, path in paths.items() if only is None or split in only}
         words = {split: read_words(path, config.lowercase) for split, path in paths.items()}
         return words, {split: str(path) for split, path in paths.items()}
+    splits = [split for split in ("train", "valid", "test") if only is None or split in only]
     words = {split: words_of_text(bundled_text(config.data, split), config.lowercase, f"{config.data}.{split}")
-             for split in ("train", "valid", "test")}
+             for split in splits}
     return words, {split: f"bundled {config.data}.{split}.txt" for split in words}
 
 
@@ -69,7 +71,7 @@ def load_corpus(config):
         >>> len(corpus["train"]), len(corpus.vocabulary)
         (929589, 10000)
     """
-    words, sources = split_words(config)
+    words, sources = read_splits(config)
     vocabulary = Vocabulary.build(words["train"], config.max_vocab)
     splits = {split: np.asarray(vocabulary.encode(w), dtype=np.int32) for split, w in words.items()}
     return Corpus(vocabulary, splits, sources)

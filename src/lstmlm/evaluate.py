@@ -83,7 +83,7 @@ def evaluate(run, split="test", file=None, batch_size=1, chunk_length=256):
 
     The corpus is re-read from its recorded source only when `split` is used; with `file`, only that file.
     """
-    from lstmlm.corpus import split_words
+    from lstmlm.corpus import read_splits
     from lstmlm.errors import LstmlmError
     from lstmlm.tokenize import read_words
 
@@ -91,7 +91,7 @@ def evaluate(run, split="test", file=None, batch_size=1, chunk_length=256):
         words, name = read_words(file, run.config.lowercase), str(file)
     else:
         try:
-            all_words, _ = split_words(run.config)
+            all_words, _ = read_splits(run.config, only=[split])
         except LstmlmError as error:
             raise LstmlmError(f"--split {split}: the run's corpus is not available here ({error}); use --file")
         if split not in all_words:

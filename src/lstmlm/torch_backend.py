@@ -123,4 +123,7 @@ def no_grad():
 
 
 def to_numpy(tensor):
+    """A float32 numpy copy of a backend tensor."""
+    if is_torch():
+        return tensor.detach().float().cpu().numpy()
     return keras.ops.convert_to_numpy(keras.ops.cast(tensor, "float32"))
