@@ -44,10 +44,26 @@ def measure(run_dir):
     }
 
 
+def print_history(run_dir):
+    from lstmlm.run_directory import read_history
+
+    print(f"\n`{run_dir}` per epoch (train loss is the mean over the epoch's batches with dropout on; valid is "
+          "the whole split, state carried):\n")
+    print("| epoch | train loss (nats) | train ppl | train acc | valid loss (nats) | valid ppl | valid acc | "
+          "lr | tokens/s | epoch time | wall time |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in read_history(f"{run_dir}/history.csv"):
+        print(f"| {r['epoch']} | {r['train_loss']:.4f} | {r['train_perplexity']:.1f} | {r['train_accuracy']:.4f} | "
+              f"{r['valid_loss']:.4f} | {r['valid_perplexity']:.1f} | {r['valid_accuracy']:.4f} | "
+              f"{r['learning_rate']:.4g} | {r['tokens_per_second']:,.0f} | {r['epoch_seconds']:.0f} s | "
+              f"{r['wall_seconds'] / 60:.1f} min |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--json", help="also write the measurements to this JSON file")
+    parser.add_argument("--history", action="store_true", help="also print each run's per-epoch history")
     args = parser.parse_args(argv)
     rows = [measure(run) for run in args.runs]
     print("| run | parameters | valid ppl | test ppl | test accuracy | epochs (best) | wall time | tokens/s | "
@@ -58,6 +74,9 @@ def main(argv=None):
               f"{r['test_perplexity']:.2f} | {r['test_accuracy']:.4f} | {r['epochs']} ({r['best_epoch']}) | "
               f"{r['wall_minutes']:.1f} min | {r['tokens_per_second']:,.0f} | {r['threads']} | "
               f"{r['device']} {r['precision']} ({r['cpu']}) |")
+    if args.history:
+        for run in args.runs:
+            print_history(run)
     if args.json:
         with open(args.json, "w") as file:
             json.dump(rows, file, indent=2)
