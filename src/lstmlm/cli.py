@@ -73,14 +73,12 @@ def add_train(subparsers):
 
 
 def resolve_config(args):
-    from lstmlm.config import Config, load_config
+    from lstmlm.config import Config, load_config_values
     from lstmlm.presets import preset
 
     config = preset(args.preset)
-    if args.config:
-        loaded = load_config(args.config)
-        explicit = {f.name: getattr(loaded, f.name) for f in dataclasses.fields(Config)}
-        config = config.replace(**{k: v for k, v in explicit.items() if v != getattr(Config(), k)})
+    if args.config:  # the fields the file sets, over the preset
+        config = config.replace(**load_config_values(args.config))
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                  if getattr(args, f.name, None) is not None}
     return config.replace(**overrides).validate()

@@ -133,6 +133,12 @@ def flag(name):
 
 
 def load_config(path):
+    """The Config in a JSON file (a bare dict of fields, or a run's config.json)."""
+    return Config.from_dict(load_config_values(path), source=str(path))
+
+
+def load_config_values(path):
+    """The fields set in a JSON config file, checked against Config's field names."""
     path = Path(path)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
@@ -140,4 +146,8 @@ def load_config(path):
         raise LstmlmError(f"{path}: no such file") from None
     except json.JSONDecodeError as error:
         raise LstmlmError(f"{path}: not valid JSON ({error})") from None
-    return Config.from_dict(values.get("config", values), source=str(path))
+    if not isinstance(values, dict):
+        raise LstmlmError(f"{path}: expected a JSON object of config fields")
+    values = values.get("config", values)
+    Config.from_dict(values, source=str(path))  # unknown keys -> one-line error
+    return values
