@@ -6,7 +6,7 @@
       model.keras            the best-validation model (keras.saving.load_model after `import lstmlm`)
       history.csv            one row per epoch (see train.HISTORY_FIELDS)
       state.json             where training stands (for --resume)
-      checkpoints/model-NN.keras, checkpoints/optimizer.npz, checkpoints/states.npz
+      checkpoints/model-NN.keras every epoch; optimizer-NN.npz (and states-*.npz after Ctrl-C) for --resume
 
 Every file is written to a temporary name and renamed into place, so an interrupted write never leaves a
 half-written file where a good one was. No pickle anywhere: JSON, text, .keras (zip of JSON + HDF5) and .npz.

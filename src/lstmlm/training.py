@@ -179,8 +179,7 @@ def train(config, out="runs/latest", resume=None, log=None, command=None, progre
     optimizer = make_optimizer(config, parameters)
     schedule = LearningRate(config, steps_per_epoch)
     if state is not None:
-        load_optimizer_state(optimizer, rd.load_arrays(out / rd.CHECKPOINTS / "optimizer.npz"),
-                             state["optimizer_groups"])
+        load_optimizer_state(optimizer, rd.load_arrays(out / state["optimizer"]), state["optimizer_groups"])
         schedule.load_state(state["schedule"])
     device = torch_backend.device_type()
     log(f"run {out}: {info['parameters']:,} parameters, vocabulary {len(vocabulary):,}, train {len(train_ids):,} / "
@@ -190,16 +189,24 @@ def train(config, out="runs/latest", resume=None, log=None, command=None, progre
         return wall_before + time.time() - started
 
     def save_state(epoch, batch, checkpoint, window_position, sums=None, states=None):
+        # The optimizer and LSTM-state files are named after the checkpoint they belong to, and state.json,
+        # written last, names all three: a crash at any point leaves state.json pointing at a consistent set.
+        tag = Path(checkpoint).stem.replace("model-", "")
         arrays, groups = optimizer_state(optimizer)
-        rd.save_arrays(out / rd.CHECKPOINTS / "optimizer.npz", arrays)
+        optimizer_file = f"{rd.CHECKPOINTS}/optimizer-{tag}.npz"
+        rd.save_arrays(out / optimizer_file, arrays)
+        states_file = None
         if states is not None:
-            rd.save_arrays(out / rd.CHECKPOINTS / "states.npz", {
-                f"{kind}{i}": s.detach().float().cpu().numpy() for i, pair in enumerate(states)
-                for kind, s in zip("hc", pair)})
+            states_file = f"{rd.CHECKPOINTS}/states-{tag}.npz"
+            rd.save_arrays(out / states_file, {f"{kind}{i}": s.detach().float().cpu().numpy()
+                                               for i, pair in enumerate(states) for kind, s in zip("hc", pair)})
         rd.write_json(out / rd.STATE, {
-            "epoch": epoch, "batch": batch, "checkpoint": checkpoint, "best_valid_loss": best,
-            "wall_seconds": wall(), "optimizer_groups": groups, "schedule": schedule.state(),
-            "window_position": window_position, "partial_sums": sums})
+            "epoch": epoch, "batch": batch, "checkpoint": checkpoint, "optimizer": optimizer_file,
+            "states": states_file, "best_valid_loss": best, "wall_seconds": wall(), "optimizer_groups": groups,
+            "schedule": schedule.state(), "window_position": window_position, "partial_sums": sums})
+        for old in (out / rd.CHECKPOINTS).glob("*.npz"):  # only the set state.json names is needed
+            if f"{rd.CHECKPOINTS}/{old.name}" not in (optimizer_file, states_file):
+                old.unlink()
 
     epoch, batches_done = epoch_done, 0
     try:
@@ -214,7 +221,7 @@ def train(config, out="runs/latest", resume=None, log=None, command=None, progre
             if epoch == epoch_done + 1 and batch_done:  # resuming inside an interrupted epoch
                 skip, sums = batch_done, _Epoch(device, state["partial_sums"])
                 if window is None:
-                    saved = rd.load_arrays(out / rd.CHECKPOINTS / "states.npz")
+                    saved = rd.load_arrays(out / state["states"])
                     states = [tuple(torch.as_tensor(saved[f"{k}{i}"], device=device) for k in "hc")
                               for i in range(config.num_layers)]
             batches_done = skip
