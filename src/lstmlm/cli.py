@@ -19,7 +19,8 @@ import typing
 
 from lstmlm.errors import LstmlmError
 
-EXTRA_VERBS = {"serve": "lstmlm.server", "plot": "lstmlm.plots", "inspect": "lstmlm.inspect"}
+EXTRA_VERBS = {"serve": "lstmlm.server", "plot": "lstmlm.plots", "inspect": "lstmlm.inspect",
+               "download": "lstmlm.download"}
 
 
 class Parser(argparse.ArgumentParser):
