@@ -95,7 +95,8 @@ def train_step(model, optimizer, parameters, x, y, states, clip_norm, precision,
     if clip_norm > 0:
         torch.nn.utils.clip_grad_norm_(parameters, clip_norm, foreach=True)
     optimizer.step()
-    hits = (flat.detach().argmax(-1) == y).sum()
+    with torch.no_grad():  # top-1 hit: the target's logit is the row's maximum (amax is 4x cheaper than argmax)
+        hits = (flat.gather(1, y[:, None])[:, 0] >= flat.amax(-1)).sum()
     return loss.detach(), hits, new_states
 
 
