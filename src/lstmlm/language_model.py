@@ -33,6 +33,13 @@ class LanguageModel:
         self.vocabulary = run.vocabulary
         self.config = run.config
         self.eos_id = self.vocabulary.index.get(EOS)
+        # The weights are fixed after loading, so their torch-layout copies are made once and kept (a user who
+        # changes self.model's weights must call refresh()).
+        self._weight_copies = {}
+
+    def refresh(self):
+        """Forget the cached weight copies (after changing the model's weights)."""
+        self._weight_copies = {}
 
     # ---- words <-> ids --------------------------------------------------------------------------------
     def lookup(self, word):
@@ -62,7 +69,7 @@ class LanguageModel:
     # ---- model steps ----------------------------------------------------------------------------------
     def _forward(self, ids, states=None):
         """Logits of the last position (numpy float64) and the states after it."""
-        with torch_backend.no_grad(), torch_backend.cached_weights():
+        with torch_backend.no_grad(), torch_backend.cached_weights(self._weight_copies):
             x = ops.convert_to_tensor(np.asarray(ids, dtype=np.int32)[None, :])
             logits, states = self.model.call_with_states(x, states, training=False, last_only=True)
             return np.asarray(torch_backend.to_numpy(logits[0, -1]), dtype=np.float64), states
@@ -99,7 +106,7 @@ class LanguageModel:
         rng = np.random.default_rng(seed)
         ids, prompt_words, unknown = self.encode_prompt(prompt)
         out = []
-        with torch_backend.cached_weights():  # the weights are fixed for the whole continuation
+        with torch_backend.cached_weights(self._weight_copies):
             logits, states = self._forward(ids)
             for _ in range(words):
                 index = sampler(logits, rng)

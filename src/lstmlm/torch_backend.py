@@ -61,13 +61,18 @@ def _torch_layout(weight):
 
 
 @contextlib.contextmanager
-def cached_weights():
-    """Within this block the weights must not change: transposed copies are made once and reused."""
+def cached_weights(store=None):
+    """Within this block the weights must not change: transposed copies are made once and reused.
+
+    Args:
+        store: a dict that keeps the copies beyond the block (for an inference-only owner whose weights never
+            change, such as a loaded LanguageModel); None = a fresh one for this block.
+    """
     global _cache
     if _cache is not None:  # nested: the outer block's copies are still good
         yield
         return
-    _cache = {}
+    _cache = {} if store is None else store
     try:
         yield
     finally:
