@@ -125,12 +125,9 @@ def format_evaluation(result):
 
 
 def _print_actual_vs_predicted(model, split, skip, count, as_json=False):
-    from lstmlm.corpus import read_splits
+    from lstmlm.corpus import read_split
 
-    all_words = read_splits(model.config, only=[split])[0]
-    if split not in all_words:
-        raise LstmlmError(f"--split {split}: this run has no {split} split")
-    words = all_words[split]
+    words = read_split(model.config, split)
     result = model.actual_vs_predicted(model.vocabulary.encode(words), skip, count)
     if as_json:
         print(json.dumps({"split": split, "skip": skip, **result}))

@@ -62,6 +62,17 @@ def read_splits(config, only=None):
     return words, {split: f"bundled {config.data}.{split}.txt" for split in words}
 
 
+def read_split(config, split):
+    """The words of one split of a run's corpus (evaluate --split, predict --split), or a one-line error."""
+    try:
+        words, _ = read_splits(config, only=[split])
+    except LstmlmError as error:
+        raise LstmlmError(f"--split {split}: the run's corpus is not available here ({error}); use --file") from None
+    if split not in words:
+        raise LstmlmError(f"--split {split}: this run has no {split} split (use --file)")
+    return words[split]
+
+
 def load_corpus(config):
     """Build the vocabulary from train and encode every split.
 

@@ -83,20 +83,13 @@ def evaluate(run, split="test", file=None, batch_size=1, chunk_length=256):
 
     The corpus is re-read from its recorded source only when `split` is used; with `file`, only that file.
     """
-    from lstmlm.corpus import read_splits
-    from lstmlm.errors import LstmlmError
+    from lstmlm.corpus import read_split
     from lstmlm.tokenize import read_words
 
     if file is not None:
         words, name = read_words(file, run.config.lowercase), str(file)
     else:
-        try:
-            all_words, _ = read_splits(run.config, only=[split])
-        except LstmlmError as error:
-            raise LstmlmError(f"--split {split}: the run's corpus is not available here ({error}); use --file")
-        if split not in all_words:
-            raise LstmlmError(f"--split {split}: this run has no {split} split (use --file)")
-        words, name = all_words[split], split
+        words, name = read_split(run.config, split), split
     precision = torch_backend.resolve_precision(run.config.precision)
     if precision == "bfloat16" and not torch_backend.bfloat16_supported():
         precision = "float32"  # trained in bfloat16 elsewhere (a GPU); this machine has no bfloat16 kernels

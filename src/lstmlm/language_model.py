@@ -75,7 +75,7 @@ class LanguageModel:
             return np.asarray(torch_backend.to_numpy(logits[0, -1]), dtype=np.float64), states
 
     def _all_logits(self, ids):
-        with torch_backend.no_grad():
+        with torch_backend.no_grad(), torch_backend.cached_weights(self._weight_copies):
             logits, _ = self.model.call_with_states(ops.convert_to_tensor(np.asarray(ids, dtype=np.int32)[None, :]))
             return np.asarray(torch_backend.to_numpy(logits[0]), dtype=np.float64)  # (time, vocab)
 

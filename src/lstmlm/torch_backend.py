@@ -12,8 +12,8 @@ import warnings
 
 import keras
 
-# Inside `cached_weights()` (one prediction or generation call, when the weights cannot change) each weight is
-# transposed to torch's layout once instead of on every step. Not keyed on tensor versions: torch's fused
+# Inside `cached_weights()` (while the weights cannot change: one call, or a loaded LanguageModel's lifetime)
+# each weight is transposed to torch's layout once instead of on every step. Not keyed on tensor versions: torch's fused
 # optimizers update parameters in place without bumping `_version`.
 _cache = None
 
