@@ -22,14 +22,6 @@ import numpy as np
 from lstmlm.errors import LstmlmError
 
 
-def stream_layout(ids, batch_size):
-    """(batch_size, length) array of contiguous streams; the last id of each stream is a target only."""
-    length = (len(ids) - 1) // batch_size
-    if length < 1:
-        raise LstmlmError(f"corpus of {len(ids)} tokens is too short for batch size {batch_size}")
-    return np.asarray(ids[: batch_size * length + 1])
-
-
 def stream_batches(ids, batch_size, num_steps, drop_last=False):
     """Yield (inputs, targets), each (batch_size, <= num_steps) int arrays, streams contiguous across batches.
 

@@ -152,7 +152,7 @@ def train(config, out="runs/latest", resume=None, log=None, command=None, progre
         steps_per_epoch = window.steps_per_epoch
     else:
         steps_per_epoch = num_stream_batches(len(train_ids), config.batch_size, config.num_steps)
-        if (len(train_ids) - 1) // config.batch_size < 1:
+        if (len(train_ids) - 1) // config.batch_size < 1:  # stream_batches is lazy: check before writing anything
             raise LstmlmError(f"training split of {len(train_ids)} tokens is too short for one batch of "
                               f"{config.batch_size} streams")
 
