@@ -62,7 +62,8 @@ def tiny_config(paths, **overrides):
 
     values = dict(train=str(paths["train"]), valid=str(paths["valid"]), test=str(paths["test"]), hidden_size=16,
                   num_layers=2, num_steps=8, batch_size=8, epochs=2, optimizer="adam", learning_rate=0.03,
-                  clip_norm=5.0, seed=1, precision="float32")
+                  clip_norm=5.0, seed=1, precision="float32", learning_rate_schedule="constant", init_scale=0.0,
+                  sum_over_time=False)
     values.update(overrides)
     return Config(**values)
 

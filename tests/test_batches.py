@@ -91,7 +91,7 @@ def test_window_batches_reproduce_the_tutorial_generator(n, batch_size, num_step
             rx, ry = next(reference)
             assert np.array_equal(x, rx) and np.array_equal(y, ry)
             assert np.array_equal(x[:, 1:], y[:, :-1])
-            assert ours.current_idx == tutorial.current_idx
+            assert ours.position == tutorial.current_idx
     for _ in range(20):
         rx, ry = next(reference)
         x, y = ours.next_batch()
@@ -107,7 +107,7 @@ def test_window_wrap_position_explicitly():
     x, y = window.next_batch()
     # idx 6: 6 + 3 < 10 -> [6, 7, 8]; idx 9: 9 + 3 >= 10 -> wraps to 0
     assert x.tolist() == [[6, 7, 8], [0, 1, 2]] and y.tolist() == [[7, 8, 9], [1, 2, 3]]
-    assert window.current_idx == 3
+    assert window.position == 3
     assert window.steps_per_epoch == 10 // 6
 
 

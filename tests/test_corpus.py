@@ -112,7 +112,7 @@ def test_files_corpus_vocabulary_from_train_only(tmp_path):
 
 def test_max_vocab_applies_to_files(tmp_path):
     (tmp_path / "t.txt").write_text("a a a b b c\n", encoding="utf-8")
-    corpus = load_corpus(Config(train=str(tmp_path / "t.txt"), valid=str(tmp_path / "t.txt"), max_vocab=3))
+    corpus = load_corpus(Config(train=str(tmp_path / "t.txt"), valid=str(tmp_path / "t.txt"), max_vocabulary_size=3))
     # c and <eos> (1 each) fold into <unk> (count 2), which sorts before b (2) by word
     assert corpus.vocabulary.words == ["a", UNK, "b"]
     assert corpus.vocabulary.counts == [3, 2, 2]

@@ -47,7 +47,7 @@ def test_memorises_a_repeated_text(tmp_path):
     text.write_text("the quick brown fox jumps over the lazy dog\n" * 40, encoding="utf-8")
     config = Config(train=str(text), valid=str(text), hidden_size=32, num_layers=1, num_steps=10, batch_size=4,
                     epochs=12, optimizer="adam", learning_rate=0.03, clip_norm=5.0, precision="float32",
-                    keep_checkpoints=2)
+                    keep_checkpoints=2, learning_rate_schedule="constant", init_scale=0.0, sum_over_time=False)
     run(config, tmp_path / "run")
     history = read_history(tmp_path / "run")
     assert len(history) == 12
@@ -182,7 +182,6 @@ def test_bfloat16_and_float32_losses_agree(toy_corpus):
     from lstmlm.batches import stream_batches
     from lstmlm.corpus import load_corpus
     from lstmlm.model import build_model
-    from lstmlm.optimizer import make_optimizer
 
     config = tiny_config(toy_corpus, fused=False, hidden_size=16)
     corpus = load_corpus(config)
@@ -193,15 +192,13 @@ def test_bfloat16_and_float32_losses_agree(toy_corpus):
             model.set_weights(reference_weights)
         else:
             reference_weights = model.get_weights()
-        parameters = [v.value for v in model.trainable_variables]
-        optimizer = make_optimizer(config, parameters)
+        trainer = train_module.Trainer(config, model, precision)
         states, values = model.initial_states(8), []
         try:
             for index, (x, y) in enumerate(stream_batches(corpus["train"], 8, 8)):
                 if index == 12:
                     break
-                loss, _, states = train_module.train_step(model, optimizer, parameters, x, y, states, 5.0,
-                                                          precision, "cpu")
+                loss, _, states = train_module.train_step(trainer, x, y, states)
                 states = [(h.detach().float(), c.detach().float()) for h, c in states]
                 values.append(float(loss))
         except RuntimeError as error:  # pragma: no cover - depends on the CPU's bfloat16 kernels

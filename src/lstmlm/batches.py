@@ -50,7 +50,8 @@ def num_stream_batches(num_tokens, batch_size, num_steps, drop_last=False):
 class WindowBatches:
     """The tutorial's KerasBatchGenerator with integer targets (sparse, not one-hot).
 
-    The position persists across calls, like the tutorial's generator persists across epochs.
+    The position (the tutorial's `current_idx`) persists across calls, like the tutorial's generator persists
+    across epochs.
 
     Args:
         ids: the corpus as ids.
@@ -63,7 +64,7 @@ class WindowBatches:
         if len(self.ids) <= num_steps + 1:
             raise LstmlmError(f"corpus of {len(self.ids)} tokens is too short for num_steps {num_steps}")
         self.batch_size, self.num_steps, self.skip_step = batch_size, num_steps, skip_step
-        self.current_idx = 0
+        self.position = 0
         self.steps_per_epoch = len(self.ids) // (batch_size * num_steps)
         if self.steps_per_epoch < 1:
             raise LstmlmError(f"corpus of {len(self.ids)} tokens is too short for one batch of "
@@ -73,13 +74,54 @@ class WindowBatches:
         x = np.empty((self.batch_size, self.num_steps), dtype=self.ids.dtype)
         y = np.empty_like(x)
         for row in range(self.batch_size):
-            if self.current_idx + self.num_steps >= len(self.ids):
-                self.current_idx = 0  # wrap, exactly as the tutorial
-            x[row] = self.ids[self.current_idx : self.current_idx + self.num_steps]
-            y[row] = self.ids[self.current_idx + 1 : self.current_idx + self.num_steps + 1]
-            self.current_idx += self.skip_step
+            if self.position + self.num_steps >= len(self.ids):
+                self.position = 0  # wrap, exactly as the tutorial
+            x[row] = self.ids[self.position : self.position + self.num_steps]
+            y[row] = self.ids[self.position + 1 : self.position + self.num_steps + 1]
+            self.position += self.skip_step
         return x, y
 
     def epoch(self):
         for _ in range(self.steps_per_epoch):
             yield self.next_batch()
+
+
+class Batches:
+    """The training split cut the config's way: `stream` (truncated BPTT, state carried) or `window` (the
+    tutorial's generator, a zero state per window).
+
+    Args:
+        config: the run's Config (batching, batch_size, num_steps, skip_step).
+        ids: the training split as ids.
+
+    Example:
+        >>> from lstmlm.config import Config
+        >>> batches = Batches(Config(batch_size=2, num_steps=2), list(range(9)))
+        >>> batches.steps_per_epoch, batches.carries_state
+        (2, True)
+    """
+
+    def __init__(self, config, ids):
+        self.ids, self.batch_size, self.num_steps = ids, config.batch_size, config.num_steps
+        self.window = None
+        if config.batching == "window":
+            self.window = WindowBatches(ids, config.batch_size, config.num_steps, config.skip_step or config.num_steps)
+            self.steps_per_epoch = self.window.steps_per_epoch
+        else:
+            if (len(ids) - 1) // config.batch_size < 1:  # stream_batches is lazy: check before anything is written
+                raise LstmlmError(f"training split of {len(ids)} tokens is too short for one batch of "
+                                  f"{config.batch_size} streams")
+            self.steps_per_epoch = num_stream_batches(len(ids), config.batch_size, config.num_steps)
+        self.carries_state = self.window is None
+
+    @property
+    def position(self):
+        """Where the window generator stands (0 for streams, which restart every epoch)."""
+        return self.window.position if self.window else 0
+
+    def epoch(self, position=0):
+        """The (inputs, targets) batches of one epoch; window batching starts at `position`."""
+        if self.window is None:
+            return stream_batches(self.ids, self.batch_size, self.num_steps)
+        self.window.position = position
+        return self.window.epoch()

@@ -49,7 +49,7 @@ def _positive_or_any(kind):
 
 
 def add_train(subparsers):
-    from lstmlm.config import Config, flag
+    from lstmlm.config import DEPRECATED_NAMES, Config, flag
     from lstmlm.presets import PRESETS
 
     parser = subparsers.add_parser("train", help="train a model and write a run directory",
@@ -70,7 +70,20 @@ def add_train(subparsers):
         else:
             group.add_argument(f"--{flag(field.name)}", dest=field.name, default=None,
                                type=_positive_or_any(kind), choices=field.metadata.get("choices"), help=help_text)
+    for old, new in DEPRECATED_NAMES.items():  # published commands keep working, with a note
+        field = next(f for f in dataclasses.fields(Config) if f.name == new)
+        group.add_argument(f"--{flag(old)}", dest=new, default=None, type=_positive_or_any(_field_type(field)),
+                           action=_deprecated(f"--{flag(new)}"), help=argparse.SUPPRESS)
     parser.set_defaults(run=run_train)
+
+
+def _deprecated(replacement):
+    class Deprecated(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"lstmlm: note: {option_string} is deprecated; use {replacement}", file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    return Deprecated
 
 
 def resolve_config(args):

@@ -1,5 +1,8 @@
 """Typed configuration: every field has a default in code, a help string, and one full-word name that is
 also the CLI flag (`hidden_size` <-> `--hidden-size`), the `config.json` key and the preset key.
+
+The defaults are the recipe `lstmlm train` runs with no flags: Zaremba et al. 2014's "small" PTB model (the
+`small` preset is exactly `Config()`); every other preset lists only what differs (presets.py).
 """
 
 import dataclasses
@@ -21,14 +24,16 @@ class Config:
     train: str | None = field(default=None, metadata=_help("training text file (UTF-8, one sentence per line)"))
     valid: str | None = field(default=None, metadata=_help("validation text file"))
     test: str | None = field(default=None, metadata=_help("test text file (optional)"))
-    max_vocab: int = field(default=10000, metadata=_help("vocabulary size cap, <unk> included"))
+    max_vocabulary_size: int = field(default=0, metadata=_help(
+        "vocabulary size cap, <unk> included; 0 = every training word (PTB has 10,000 types, WikiText-2 33,278: "
+        "the published numbers use them all)"))
     lowercase: bool = field(default=False, metadata=_help("lower-case the corpus and prompts"))
     # ---- batching -------------------------------------------------------------------------------------
     batching: str = field(default="stream", metadata=_help(
         "'stream': batch_size parallel streams, hidden state carried across batches (truncated BPTT); "
         "'window': the tutorial's generator, stateless windows", choices=("stream", "window")))
     batch_size: int = field(default=20, metadata=_help("sequences per batch"))
-    num_steps: int = field(default=35, metadata=_help("time steps per batch (BPTT length)"))
+    num_steps: int = field(default=20, metadata=_help("time steps per batch (BPTT length)"))
     skip_step: int = field(default=0, metadata=_help("window mode: start offset between windows (0 = num_steps)"))
     # ---- model ----------------------------------------------------------------------------------------
     embedding_size: int = field(default=0, metadata=_help("word vector size (0 = hidden_size)"))
@@ -44,22 +49,23 @@ class Config:
         "DropConnect on the recurrent weights (Merity et al. 2017)"))
     tie_weights: bool = field(default=False, metadata=_help(
         "share the embedding and softmax weights (Press & Wolf 2017); needs embedding_size == hidden_size"))
-    init_scale: float = field(default=0.0, metadata=_help("uniform(-s, s) initialisation; 0 = Keras defaults"))
+    init_scale: float = field(default=0.1, metadata=_help("uniform(-s, s) initialisation; 0 = Keras defaults"))
     # ---- training -------------------------------------------------------------------------------------
     epochs: int = field(default=13, metadata=_help("training epochs"))
     optimizer: str = field(default="sgd", metadata=_help("optimizer", choices=("sgd", "adam", "adamw")))
     learning_rate: float = field(default=1.0, metadata=_help("initial learning rate"))
     weight_decay: float = field(default=0.0, metadata=_help("decoupled weight decay (adamw) or L2 (sgd)"))
-    clip_norm: float = field(default=0.0, metadata=_help("clip the global gradient norm (0 = off)"))
-    sum_over_time: bool = field(default=False, metadata=_help(
+    clip_norm: float = field(default=5.0, metadata=_help("clip the global gradient norm (0 = off)"))
+    sum_over_time: bool = field(default=True, metadata=_help(
         "train on the loss summed over the time steps and averaged over the batch (Zaremba et al. 2014, TF "
         "ptb_word_lm), so learning_rate and clip_norm mean what they mean there; off = mean per token"))
-    lr_schedule: str = field(default="constant", metadata=_help(
-        "'constant'; 'decay': multiply by lr_decay each epoch after lr_decay_start; "
-        "'plateau': multiply by lr_decay when validation loss does not improve; 'cosine': cosine to 0 per step",
-        choices=("constant", "decay", "plateau", "cosine")))
-    lr_decay: float = field(default=1.0, metadata=_help("learning-rate multiplier (decay / plateau schedules)"))
-    lr_decay_start: int = field(default=0, metadata=_help("decay schedule: epochs at the initial rate"))
+    learning_rate_schedule: str = field(default="decay", metadata=_help(
+        "'constant'; 'decay': multiply by learning_rate_decay each epoch after learning_rate_decay_start; "
+        "'plateau': multiply by learning_rate_decay when validation loss does not improve; 'cosine': cosine to 0 "
+        "per step", choices=("constant", "decay", "plateau", "cosine")))
+    learning_rate_decay: float = field(default=0.5, metadata=_help(
+        "learning-rate multiplier (decay / plateau schedules)"))
+    learning_rate_decay_start: int = field(default=4, metadata=_help("decay schedule: epochs at the initial rate"))
     warmup_steps: int = field(default=0, metadata=_help("linear learning-rate warm-up over this many batches"))
     max_minutes: float = field(default=0.0, metadata=_help(
         "stop after this much wall time, evaluation included (0 = no limit); the cosine schedule spans it"))
@@ -70,18 +76,19 @@ class Config:
     fused: bool = field(default=True, metadata=_help(
         "use the backend's fused LSTM kernel (torch: oneDNN / cuDNN); off = the pure-Keras loop"))
     threads: int = field(default=0, metadata=_help("CPU threads for the backend (0 = its default: all cores)"))
-    eval_batch_size: int = field(default=1, metadata=_help(
+    evaluation_batch_size: int = field(default=1, metadata=_help(
         "parallel streams for validation; 1 carries the state through the whole text (exact)"))
     keep_checkpoints: int = field(default=0, metadata=_help("keep only the newest N epoch checkpoints (0 = all)"))
     tensorboard: bool = field(default=False, metadata=_help("also write TensorBoard logs to RUN_DIR/tensorboard"))
 
     def validate(self):
         """Raise LstmlmError naming the first bad field."""
-        positive = ["max_vocab", "batch_size", "num_steps", "hidden_size", "num_layers", "epochs", "eval_batch_size"]
+        positive = ["batch_size", "num_steps", "hidden_size", "num_layers", "epochs", "evaluation_batch_size"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise LstmlmError(f"--{flag(name)} must be a positive integer, got {getattr(self, name)}")
-        for name in ["threads", "embedding_size", "skip_step", "lr_decay_start", "warmup_steps", "keep_checkpoints"]:
+        for name in ["max_vocabulary_size", "threads", "embedding_size", "skip_step", "learning_rate_decay_start",
+                     "warmup_steps", "keep_checkpoints"]:
             if getattr(self, name) < 0:
                 raise LstmlmError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ["dropout", "input_dropout", "layer_dropout", "embedding_dropout", "weight_drop"]:
@@ -93,8 +100,10 @@ class Config:
         for name in ["clip_norm", "weight_decay", "init_scale", "max_minutes"]:
             if getattr(self, name) < 0:
                 raise LstmlmError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 < self.lr_decay <= 1.0:
-            raise LstmlmError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
+        if not 0.0 < self.learning_rate_decay <= 1.0:
+            raise LstmlmError(f"--learning-rate-decay must be in (0, 1], got {self.learning_rate_decay}")
+        if self.max_vocabulary_size == 1:
+            raise LstmlmError("--max-vocabulary-size must be 0 (every word) or at least 2 (a word and <unk>)")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -117,6 +126,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, values, source="config"):
+        values = rename_deprecated(values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -125,6 +135,17 @@ class Config:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+
+# Names a published command or an older run directory's config.json may still use -> today's field name.
+DEPRECATED_NAMES = {"max_vocab": "max_vocabulary_size", "lr_schedule": "learning_rate_schedule",
+                    "lr_decay": "learning_rate_decay", "lr_decay_start": "learning_rate_decay_start",
+                    "eval_batch_size": "evaluation_batch_size"}
+
+
+def rename_deprecated(values):
+    """The same dict with deprecated keys renamed (an old run's config.json still loads and resumes)."""
+    return {DEPRECATED_NAMES.get(key, key): value for key, value in values.items()}
 
 
 def flag(name):
@@ -148,6 +169,6 @@ def load_config_values(path):
         raise LstmlmError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(values, dict):
         raise LstmlmError(f"{path}: expected a JSON object of config fields")
-    values = values.get("config", values)
+    values = rename_deprecated(values.get("config", values))
     Config.from_dict(values, source=str(path))  # unknown keys -> one-line error
     return values

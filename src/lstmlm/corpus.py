@@ -83,6 +83,6 @@ def load_corpus(config):
         (929589, 10000)
     """
     words, sources = read_splits(config)
-    vocabulary = Vocabulary.build(words["train"], config.max_vocab)
+    vocabulary = Vocabulary.build(words["train"], config.max_vocabulary_size or None)
     splits = {split: np.asarray(vocabulary.encode(w), dtype=np.int32) for split, w in words.items()}
     return Corpus(vocabulary, splits, sources)

@@ -10,14 +10,15 @@ good one was. Files ending in `.gz` are also decompressed (the `.gz` is kept). T
 
 import gzip
 import hashlib
-import os
 import shutil
+import zlib
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from lstmlm.errors import LstmlmError
+from lstmlm.files import atomic_path
 
 CHUNK = 1 << 20
 
@@ -38,26 +39,23 @@ def download(url, out_dir, sha256=None, max_bytes=2 << 30, timeout=60):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     destination = out_dir / name
-    temporary = out_dir / f".{name}.part"
     digest = hashlib.sha256()
     size = 0
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(temporary, "wb") as file:
-            while chunk := response.read(CHUNK):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise LstmlmError(f"{url}: larger than the {max_bytes:,}-byte limit")
-                digest.update(chunk)
-                file.write(chunk)
+    with atomic_path(destination, "download") as temporary:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(temporary, "wb") as file:
+                while chunk := response.read(CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise LstmlmError(f"{url}: larger than the {max_bytes:,}-byte limit")
+                    digest.update(chunk)
+                    file.write(chunk)
+        except urllib.error.HTTPError as error:
+            raise LstmlmError(f"{url}: HTTP {error.code} {error.reason}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            raise LstmlmError(f"{url}: cannot download ({getattr(error, 'reason', error)})") from None
         if sha256 is not None and digest.hexdigest() != sha256.lower():
             raise LstmlmError(f"{url}: sha256 {digest.hexdigest()} does not match the expected {sha256}")
-        os.replace(temporary, destination)
-    except urllib.error.HTTPError as error:
-        raise LstmlmError(f"{url}: HTTP {error.code} {error.reason}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as error:
-        raise LstmlmError(f"{url}: cannot download ({getattr(error, 'reason', error)})") from None
-    finally:
-        temporary.unlink(missing_ok=True)
     if name.endswith(".gz"):
         return _gunzip(destination)
     return destination
@@ -65,15 +63,12 @@ def download(url, out_dir, sha256=None, max_bytes=2 << 30, timeout=60):
 
 def _gunzip(path):
     target = path.with_suffix("")
-    temporary = target.with_name(f".{target.name}.part")
-    try:
-        with gzip.open(path, "rb") as source, open(temporary, "wb") as file:
-            shutil.copyfileobj(source, file, CHUNK)
-        os.replace(temporary, target)
-    except (OSError, EOFError) as error:
-        raise LstmlmError(f"{path}: not a valid gzip file ({error})") from None
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_path(target, "unpacked file") as temporary:
+        try:
+            with gzip.open(path, "rb") as source, open(temporary, "wb") as file:
+                shutil.copyfileobj(source, file, CHUNK)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+            raise LstmlmError(f"{path}: not a valid gzip file ({error})") from None
     return target
 
 

@@ -4,17 +4,16 @@
       config.json            the Config, the command line, versions, device, precision
       vocab.txt              word<TAB>count in id order
       model.keras            the best-validation model (keras.saving.load_model after `import lstmlm`)
-      history.csv            one row per epoch (see train.HISTORY_FIELDS)
+      history.csv            one row per epoch (see training.HISTORY_FIELDS)
       state.json             where training stands (for --resume)
       checkpoints/model-NN.keras every epoch; optimizer-NN.npz (and states-*.npz after Ctrl-C) for --resume
 
-Every file is written to a temporary name and renamed into place, so an interrupted write never leaves a
+Every file is written through lstmlm.files.atomic_path (a temporary name, then a rename), so an interrupted write never leaves a
 half-written file where a good one was. No pickle anywhere: JSON, text, .keras (zip of JSON + HDF5) and .npz.
 """
 
 import csv
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from lstmlm.config import Config
 from lstmlm.errors import LstmlmError
+from lstmlm.files import atomic_path, atomic_write_text
 from lstmlm.vocabulary import Vocabulary
 
 CONFIG = "config.json"
@@ -33,11 +33,8 @@ STATE = "state.json"
 CHECKPOINTS = "checkpoints"
 
 
-def write_json(path, values):
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+def write_json(path, values, what="file"):
+    atomic_write_text(path, json.dumps(values, indent=2) + "\n", what)
 
 
 def read_json(path):
@@ -47,18 +44,14 @@ def read_json(path):
         raise LstmlmError(f"{path}: not valid JSON ({error})") from None
 
 
-def save_model(model, path):
-    path = Path(path)
-    temporary = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(temporary)
-    os.replace(temporary, path)
+def save_model(model, path, what="model"):
+    with atomic_path(path, what) as temporary:
+        model.save(temporary)
 
 
-def save_arrays(path, arrays):
-    path = Path(path)
-    temporary = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(temporary, **arrays)
-    os.replace(temporary, path)
+def save_arrays(path, arrays, what="arrays"):
+    with atomic_path(path, what) as temporary:
+        np.savez(temporary, **arrays)
 
 
 def load_arrays(path):
@@ -67,13 +60,11 @@ def load_arrays(path):
 
 
 def write_history(path, rows, fields):
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(temporary, path)
+    with atomic_path(path, "history") as temporary:
+        with open(temporary, "w", newline="", encoding="utf-8") as file:
+            writer = csv.DictWriter(file, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 def read_history(path):

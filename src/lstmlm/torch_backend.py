@@ -3,7 +3,7 @@
 - `fused_lstm`: one LSTM layer through torch's fused kernel (`torch.lstm`: oneDNN on CPU, cuDNN on CUDA),
   taking the Keras-layout weights as they are, so `.keras` files stay portable to every backend.
 - `precision_context` / `resolve_precision`: bfloat16 autocast where the hardware runs it natively.
-- `no_grad`: inference without building an autograd graph.
+- `no_grad`: inference without building an autograd graph; `repackage_hidden`: the truncated-BPTT detach.
 """
 
 import contextlib
@@ -88,11 +88,9 @@ def bfloat16_supported():
 
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from lstmlm.machine import cpu_info
+
+    return cpu_info()["bfloat16"]
 
 
 def resolve_precision(precision):
@@ -117,6 +115,15 @@ def precision_context(precision):
 
         return torch.autocast(device_type(), dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def repackage_hidden(states):
+    """Truncated BPTT: keep the LSTM states' values, cut the autograd graph behind them (awd-lstm-lm's name).
+
+    Args:
+        states: a list of (h, c) per layer, each (batch, hidden_size).
+    """
+    return [(h.detach(), c.detach()) for h, c in states]
 
 
 def no_grad():

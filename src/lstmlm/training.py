@@ -5,6 +5,10 @@ checkpoints, history, resume and a clean Ctrl-C.
 Why a custom loop rather than model.fit: carrying the LSTM state between batches (and resetting it per epoch)
 is a loop concern, and torch's fused optimizers with the fused LSTM kernel run the step at the speed of
 hand-written PyTorch. The model, its weights and its files stay plain Keras.
+
+The shape is pytorch/examples' word_language_model: `train_step` runs one batch, `train_epoch` one epoch, and
+`train` is the epoch loop around them. A `Trainer` owns what a step needs (model, optimizer, precision,
+device); `Checkpoints` owns the run directory's files; the learning rate is a pure function (schedule.py).
 """
 
 import math
@@ -19,15 +23,18 @@ import numpy as np
 
 from lstmlm import run_directory as rd
 from lstmlm import torch_backend
-from lstmlm.batches import WindowBatches, num_stream_batches, stream_batches
+from lstmlm.batches import Batches
+from lstmlm.budget import Budget
+from lstmlm.checkpoints import Checkpoints
 from lstmlm.config import Config
 from lstmlm.corpus import load_corpus
 from lstmlm.errors import LstmlmError
 from lstmlm.evaluate import evaluate_ids
+from lstmlm.machine import cpu_info
 from lstmlm.model import build_model
 from lstmlm.optimizer import load_optimizer_state, make_optimizer, optimizer_state
 from lstmlm.progress import Progress
-from lstmlm.schedule import LearningRate
+from lstmlm.schedule import learning_rate
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_perplexity", "train_accuracy", "valid_loss", "valid_perplexity",
                   "valid_accuracy", "valid_top5_accuracy", "learning_rate", "train_tokens", "tokens_per_second",
@@ -39,7 +46,302 @@ def versions():
 
     return {"lstmlm": __import__("lstmlm").__version__, "keras": keras.__version__, "torch": torch.__version__,
             "backend": keras.backend.backend(), "python": platform.python_version(),
-            "numpy": np.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()}
+            "numpy": np.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "cpu": cpu_info()}
+
+
+def perplexity(loss):
+    """exp(loss), or inf where that overflows (a diverging run must still print its numbers)."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+# ---- one step --------------------------------------------------------------------------------------------
+class Trainer:
+    """What one optimisation step needs: the model, its optimizer, the precision and the device.
+
+    Args:
+        config: the run's Config (optimizer, learning_rate, clip_norm, sum_over_time).
+        model: a built LSTMLanguageModel.
+        precision: 'float32' or 'bfloat16' (resolved; see torch_backend.resolve_precision).
+
+    Example:
+        >>> from lstmlm.config import Config
+        >>> config = Config(hidden_size=8, num_steps=5, batch_size=2, precision="float32")
+        >>> trainer = Trainer(config, build_model(config, 30), "float32")
+        >>> x = np.arange(10).reshape(2, 5) % 30
+        >>> loss, hits, states = train_step(trainer, x, (x + 1) % 30, trainer.model.initial_states(2))
+        >>> 2.5 < float(loss) < 4.5   # about log(30) = 3.4 nats before any learning
+        True
+    """
+
+    def __init__(self, config, model, precision):
+        self.config, self.model, self.precision = config, model, precision
+        self.device = torch_backend.device_type()
+        self.parameters = [v.value for v in model.trainable_variables]
+        self.optimizer = make_optimizer(config, self.parameters)
+
+    def set_learning_rate(self, rate):
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
+
+    def seed_dropout(self, epoch, batch):
+        """Dropout masks depend only on (seed, epoch, batch): a resumed run draws the unbroken run's masks."""
+        for owner in [self.model, *self.model.lstm_layers]:
+            owner.seed_generator.state.assign(np.array([owner.seed or 0, epoch * 1_000_003 + batch], dtype="uint32"))
+
+    def optimizer_state(self):
+        return optimizer_state(self.optimizer)
+
+    def load_optimizer_state(self, arrays, groups):
+        load_optimizer_state(self.optimizer, arrays, groups)
+
+    @staticmethod
+    def states_to_arrays(states):
+        return {f"{kind}{i}": s.detach().float().cpu().numpy() for i, pair in enumerate(states)
+                for kind, s in zip("hc", pair)}
+
+    def states_from_arrays(self, arrays):
+        import torch
+
+        return [tuple(torch.as_tensor(arrays[f"{kind}{i}"], device=self.device) for kind in "hc")
+                for i in range(self.config.num_layers)]
+
+
+def train_step(trainer, x, y, states):
+    """One optimisation step on a (batch, time) batch; returns (mean loss tensor, top-1 hits tensor, states).
+
+    The loss is the mean cross-entropy in nats over the batch's tokens (sparse targets, logits: the same
+    mathematics as the tutorial's softmax + one-hot categorical cross-entropy). With `sum_over_time` the
+    gradient is that of the loss summed over time and averaged over the batch (mean x time steps).
+    """
+    import torch
+
+    config = trainer.config
+    x = torch.as_tensor(x, dtype=torch.long, device=trainer.device)  # (batch, time)
+    y = torch.as_tensor(y, dtype=torch.long, device=trainer.device).reshape(-1)  # (batch * time,)
+    with torch_backend.precision_context(trainer.precision):
+        logits, new_states = trainer.model.call_with_states(x, states, training=True)  # (batch, time, vocab)
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    loss = torch.nn.functional.cross_entropy(flat, y)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    (loss * x.shape[1] if config.sum_over_time else loss).backward()
+    if config.clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(trainer.parameters, config.clip_norm, foreach=True)
+    trainer.optimizer.step()
+    with torch.no_grad():  # top-1 hit: the target's logit is the row's maximum (amax is 4x cheaper than argmax)
+        hits = (flat.gather(1, y[:, None])[:, 0] >= flat.amax(-1)).sum()
+    return loss.detach(), hits, new_states
+
+
+# ---- one epoch -------------------------------------------------------------------------------------------
+class EpochProgress:
+    """Where one epoch stands: batches done, the running sums (kept on the device), the LSTM states.
+
+    Args:
+        epoch: the epoch (1-based).
+        device: where the sums live.
+        batches_done, sums, states: a resumed epoch's saved progress (defaults: a fresh epoch).
+        window_position: where the window generator stood when the epoch began (window batching).
+    """
+
+    def __init__(self, epoch, device, batches_done=0, sums=None, states=None, window_position=0):
+        import torch
+
+        sums = sums or {"loss": 0.0, "hits": 0.0, "tokens": 0}
+        self.epoch, self.batches_done, self.states = epoch, batches_done, states
+        self.loss = torch.tensor(float(sums["loss"]), dtype=torch.float64, device=device)
+        self.hits = torch.tensor(float(sums["hits"]), dtype=torch.float64, device=device)
+        self.tokens = int(sums["tokens"])
+        self.window_position = window_position
+        self.window_position_after = window_position  # set when the epoch's batches are done
+        self.learning_rate = 0.0
+        self.started, self.train_seconds, self.tokens_this_session = time.time(), 0.0, 0
+
+    def add(self, loss, hits, tokens):
+        self.loss += loss.detach().double() * tokens
+        self.hits += hits.double()
+        self.tokens += tokens
+        self.tokens_this_session += tokens
+        self.batches_done += 1
+
+    def mean_loss(self):
+        return self.loss.item() / max(1, self.tokens)
+
+    def accuracy(self):
+        return self.hits.item() / max(1, self.tokens)
+
+    def sums(self):
+        return {"loss": self.loss.item(), "hits": self.hits.item(), "tokens": self.tokens}
+
+    def tokens_per_second(self):
+        return self.tokens_this_session / max(time.time() - self.started, 1e-9)
+
+
+def train_epoch(trainer, batches, progress, rate_at, should_stop=None):
+    """Train on one epoch's batches from `progress.batches_done` on; returns `progress`, updated.
+
+    Args:
+        trainer: the Trainer.
+        batches: the epoch's (inputs, targets) batches, from the first (earlier ones are skipped on resume).
+        progress: an EpochProgress; its `states` are carried from batch to batch (None: a zero state per batch).
+        rate_at: function of the batch index -> learning rate.
+        should_stop: function of `progress`, called after every batch; True ends the epoch early.
+    """
+    for index, (x, y) in enumerate(batches):
+        if index < progress.batches_done:
+            continue
+        trainer.seed_dropout(progress.epoch, index)
+        progress.learning_rate = rate_at(index)
+        trainer.set_learning_rate(progress.learning_rate)
+        loss, hits, states = train_step(trainer, x, y, progress.states)
+        if progress.states is not None:
+            progress.states = torch_backend.repackage_hidden(states)
+        progress.add(loss, hits, x.size)
+        if should_stop is not None and should_stop(progress):
+            break
+    progress.train_seconds = time.time() - progress.started
+    return progress
+
+
+def history_row(progress, valid, wall_seconds):
+    """The history.csv row of a finished epoch (loss in nats, perplexity = exp(loss))."""
+    return {"epoch": progress.epoch, "train_loss": round(progress.mean_loss(), 5),
+            "train_perplexity": round(perplexity(progress.mean_loss()), 3),
+            "train_accuracy": round(progress.accuracy(), 5),
+            "valid_loss": round(valid["loss"], 5), "valid_perplexity": round(valid["perplexity"], 3),
+            "valid_accuracy": round(valid["accuracy"], 5), "valid_top5_accuracy": round(valid["top5_accuracy"], 5),
+            "learning_rate": float(f"{progress.learning_rate:.6g}"), "train_tokens": progress.tokens,
+            "tokens_per_second": round(progress.tokens_this_session / max(progress.train_seconds, 1e-9), 1),
+            "epoch_seconds": round(time.time() - progress.started, 2), "wall_seconds": round(wall_seconds, 2)}
+
+
+# ---- the run ---------------------------------------------------------------------------------------------
+class TrainingRun:
+    """Everything the epoch loop needs, opened from a Config (new run) or a run directory (--resume)."""
+
+    def __init__(self, config, out, info, state, corpus, model, precision, log):
+        self.config, self.out, self.info, self.state, self.log = config, out, info, state, log
+        self.vocabulary, self.valid_ids = corpus.vocabulary, corpus["valid"]
+        self.batches = Batches(config, corpus["train"])
+        self.trainer = Trainer(config, model, precision)
+        self.checkpoints = Checkpoints(out, config.keep_checkpoints)
+        self.history, self.epochs_done = [], 0
+        self.budget = Budget(config.max_minutes)
+        if state is not None:
+            self.trainer.load_optimizer_state(rd.load_arrays(out / state["optimizer"]), state["optimizer_groups"])
+            self.history = rd.read_history(out / rd.HISTORY)[: state["epoch"]]
+            self.epochs_done = state["epoch"]
+            self.budget.seconds_before = state["wall_seconds"]
+            self.batches.epoch(state["window_position"])  # sets the window generator's position
+
+    @property
+    def model(self):
+        return self.trainer.model
+
+    def start_epoch(self, epoch):
+        """A fresh EpochProgress, or the saved progress of the epoch an interrupted run was in."""
+        state, device = self.state, self.trainer.device
+        if state is not None and epoch == state["epoch"] + 1 and state["batch"]:
+            states = None
+            if self.batches.carries_state:
+                states = self.trainer.states_from_arrays(rd.load_arrays(self.out / state["states"]))
+            return EpochProgress(epoch, device, state["batch"], state["partial_sums"], states,
+                                 state["window_position"])
+        states = self.model.initial_states(self.config.batch_size) if self.batches.carries_state else None
+        return EpochProgress(epoch, device, states=states, window_position=self.batches.position)
+
+    def rate_at(self, epoch):
+        """The learning-rate function of one epoch's batch index."""
+        steps, losses = self.batches.steps_per_epoch, [row["valid_loss"] for row in self.history]
+        return lambda index: learning_rate(self.config, epoch, (epoch - 1) * steps + index, steps,
+                                           self.budget.elapsed(), losses)
+
+    def validate(self, ids=None):
+        return evaluate_ids(self.model, self.valid_ids if ids is None else ids, self.vocabulary,
+                            self.config.evaluation_batch_size, precision=self.trainer.precision)
+
+    def end_epoch(self, progress):
+        """Validate, append the history row, write the checkpoint files, log the epoch's line."""
+        valid = self.validate()
+        self.budget.validation_seconds = valid["seconds"]
+        is_best = valid["loss"] < min((row["valid_loss"] for row in self.history), default=math.inf)
+        row = history_row(progress, valid, self.budget.elapsed())
+        self.history.append(row)
+        self.checkpoints.save_epoch(self.trainer, progress, self.history, HISTORY_FIELDS, is_best,
+                                    self.budget.elapsed())
+        self.log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} nats (ppl {row['train_perplexity']:.2f}, "
+                 f"acc {row['train_accuracy']:.4f}, {progress.tokens:,} tokens) | valid loss {row['valid_loss']:.4f} "
+                 f"nats (ppl {row['valid_perplexity']:.2f}, acc {row['valid_accuracy']:.4f}, {valid['tokens']:,} "
+                 f"tokens) | lr {row['learning_rate']:.4g} | {row['tokens_per_second']:,.0f} tok/s | "
+                 f"{row['epoch_seconds']:.0f} s")
+        if self.config.tensorboard:
+            from lstmlm.tensorboard import write_scalars
+
+            write_scalars(self.out / "tensorboard", row)
+
+    def save_resumable(self, progress):
+        path = self.checkpoints.save_resumable(self.trainer, progress, self.history, self.budget.elapsed())
+        self.log(f"interrupted in epoch {progress.epoch} after {progress.batches_done} batches: saved {path}; "
+                 f"continue with: lstmlm train --resume {self.out}")
+
+
+def open_run(config, out, resume, command):
+    """Check everything, then create (or reopen) the run directory; returns a TrainingRun (without its log)."""
+    if not torch_backend.is_torch():
+        raise LstmlmError(f"training needs the torch backend (KERAS_BACKEND is {keras.backend.backend()!r}); "
+                          "evaluate, predict and generate work on any backend")
+    import torch
+
+    state = None
+    if resume is not None:
+        out, info, config, state = _read_resume(resume, config, command)
+    else:
+        config.validate()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    precision = _check_precision(config.precision)
+    corpus = load_corpus(config)  # reads and checks every input before anything is written
+    Batches(config, corpus["train"])  # a split too short for one batch is an error before anything is written
+    if state is None:
+        out = _new_run_directory(out)
+        keras.utils.set_random_seed(config.seed)
+        model = build_model(config, len(corpus.vocabulary))
+        info = {"config": config.to_dict(), "command": command, "precision": precision,
+                "device": torch_backend.device_type(), "versions": versions(),
+                "parameters": int(model.count_params()), "corpus": corpus.sources,
+                "tokens": {split: int(len(ids)) for split, ids in corpus.splits.items()},
+                "vocabulary_size": len(corpus.vocabulary)}
+        corpus.vocabulary.save(out / rd.VOCABULARY)
+    else:
+        model = rd.load_keras_model(out / state["checkpoint"])
+    rd.write_json(out / rd.CONFIG, info, "run config")
+    return TrainingRun(config, out, info, state, corpus, model, precision, log=None)
+
+
+def _read_resume(resume, config, command):
+    out = rd.check_run_directory(resume, need_model=False)
+    info = rd.read_json(out / rd.CONFIG)
+    saved_config = Config.from_dict(info["config"], source=str(out / rd.CONFIG))
+    info["config"] = saved_config.to_dict()  # an older run's deprecated keys are written with today's names
+    if config is not None and config.epochs > saved_config.epochs:  # resume may extend the run
+        saved_config.epochs = config.epochs
+        info["config"]["epochs"] = config.epochs
+    if not (out / rd.STATE).exists():
+        raise LstmlmError(f"--resume {out}: no state.json, nothing to resume")
+    state = rd.read_json(out / rd.STATE)
+    info.setdefault("resumed", []).append(command)
+    return out, info, saved_config, state
+
+
+def _check_precision(precision):
+    precision = torch_backend.resolve_precision(precision)
+    if precision == "bfloat16" and not torch_backend.bfloat16_supported():
+        raise LstmlmError("--precision bfloat16: this machine has no native bfloat16 (needs a CUDA GPU with bf16 "
+                          "or a CPU with avx512_bf16/AMX); use --precision float32 or auto")
+    return precision
 
 
 def _new_run_directory(out):
@@ -52,59 +354,16 @@ def _new_run_directory(out):
     return out
 
 
-class _Epoch:
-    """The running sums of one training epoch (kept on the device; read once per log line)."""
-
-    def __init__(self, device, saved=None):
-        import torch
-
-        saved = saved or {"loss": 0.0, "hits": 0.0, "tokens": 0}
-        self.loss = torch.tensor(float(saved["loss"]), dtype=torch.float64, device=device)
-        self.hits = torch.tensor(float(saved["hits"]), dtype=torch.float64, device=device)
-        self.tokens = int(saved["tokens"])
-
-    def add(self, loss, hits, tokens):
-        self.loss += loss.detach().double() * tokens
-        self.hits += hits.double()
-        self.tokens += tokens
-
-    def mean_loss(self):
-        return self.loss.item() / max(1, self.tokens)
-
-    def as_dict(self):
-        return {"loss": self.loss.item(), "hits": self.hits.item(), "tokens": self.tokens}
+def _log_to_stderr(line):
+    print(line, file=sys.stderr, flush=True)
 
 
-def train_step(model, optimizer, parameters, x, y, states, clip_norm, precision, device, sum_over_time=False):
-    """One optimisation step on a (batch, time) batch; returns (mean loss tensor, top-1 hits tensor, states).
-
-    The loss is the mean cross-entropy in nats over the batch's tokens (sparse targets, logits: the same
-    mathematics as the tutorial's softmax + one-hot categorical cross-entropy). With `sum_over_time` the
-    gradient is that of the loss summed over time and averaged over the batch (mean x time steps).
-    """
-    import torch
-
-    x = torch.as_tensor(x, dtype=torch.long, device=device)  # (batch, time)
-    y = torch.as_tensor(y, dtype=torch.long, device=device).reshape(-1)  # (batch * time,)
-    with torch_backend.precision_context(precision):
-        logits, new_states = model.call_with_states(x, states, training=True)  # (batch, time, vocab)
-    flat = logits.float().reshape(-1, logits.shape[-1])
-    loss = torch.nn.functional.cross_entropy(flat, y)
-    optimizer.zero_grad(set_to_none=True)
-    (loss * x.shape[1] if sum_over_time else loss).backward()
-    if clip_norm > 0:
-        torch.nn.utils.clip_grad_norm_(parameters, clip_norm, foreach=True)
-    optimizer.step()
-    with torch.no_grad():  # top-1 hit: the target's logit is the row's maximum (amax is 4x cheaper than argmax)
-        hits = (flat.gather(1, y[:, None])[:, 0] >= flat.amax(-1)).sum()
-    return loss.detach(), hits, new_states
-
-
+# ---- the epoch loop --------------------------------------------------------------------------------------
 def train(config, out="runs/latest", resume=None, log=None, command=None, progress=None):
     """Train a model and write its run directory; returns the run directory's Path.
 
     Args:
-        config: a Config (ignored with `resume`, which reads the run's own config.json).
+        config: a Config (with `resume`, only its `epochs` is used, to extend the run).
         out: the new run directory.
         resume: an existing run directory to continue (after Ctrl-C, or to add epochs).
         log: a function taking one line of text (default: print to stderr).
@@ -115,192 +374,44 @@ def train(config, out="runs/latest", resume=None, log=None, command=None, progre
         >>> train(preset("tiny", train="train.txt", valid="valid.txt"), out="runs/tiny")  # doctest: +SKIP
         PosixPath('runs/tiny')
     """
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    if not torch_backend.is_torch():
-        raise LstmlmError(f"training needs the torch backend (KERAS_BACKEND is {keras.backend.backend()!r}); "
-                          "evaluate, predict and generate work on any backend")
-    import torch
-
     command = " ".join(shlex.quote(a) for a in (command or sys.argv))
-    if resume is not None:
-        out = rd.check_run_directory(resume, need_model=False)
-        info = rd.read_json(out / rd.CONFIG)
-        saved_config = Config.from_dict(info["config"], source=str(out / rd.CONFIG))
-        if config is not None and config.epochs > saved_config.epochs:  # resume may extend the run
-            saved_config.epochs = config.epochs
-            info["config"]["epochs"] = config.epochs
-        config = saved_config
-        if not (out / rd.STATE).exists():
-            raise LstmlmError(f"--resume {out}: no state.json, nothing to resume")
-        state = rd.read_json(out / rd.STATE)
-        info.setdefault("resumed", []).append(command)
-    else:
-        config.validate()
-        state = None
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    precision = torch_backend.resolve_precision(config.precision)
-    if precision == "bfloat16" and not torch_backend.bfloat16_supported():
-        raise LstmlmError("--precision bfloat16: this machine has no native bfloat16 (needs a CUDA GPU with bf16 "
-                          "or a CPU with avx512_bf16/AMX); use --precision float32 or auto")
-
-    corpus = load_corpus(config)  # reads and checks every input before anything is written
-    vocabulary, train_ids, valid_ids = corpus.vocabulary, corpus["train"], corpus["valid"]
-    window = None
-    if config.batching == "window":
-        window = WindowBatches(train_ids, config.batch_size, config.num_steps, config.skip_step or config.num_steps)
-        steps_per_epoch = window.steps_per_epoch
-    else:
-        steps_per_epoch = num_stream_batches(len(train_ids), config.batch_size, config.num_steps)
-        if (len(train_ids) - 1) // config.batch_size < 1:  # stream_batches is lazy: check before writing anything
-            raise LstmlmError(f"training split of {len(train_ids)} tokens is too short for one batch of "
-                              f"{config.batch_size} streams")
-
-    started = time.time()
-    if state is None:
-        out = _new_run_directory(out)
-        keras.utils.set_random_seed(config.seed)
-        model = build_model(config, len(vocabulary))
-        info = {"config": config.to_dict(), "command": command, "precision": precision,
-                "device": torch_backend.device_type(), "versions": versions(),
-                "parameters": int(model.count_params()), "corpus": corpus.sources,
-                "tokens": {split: int(len(ids)) for split, ids in corpus.splits.items()},
-                "vocabulary_size": len(vocabulary)}
-        vocabulary.save(out / rd.VOCABULARY)
-        history, epoch_done, batch_done, best, wall_before = [], 0, 0, math.inf, 0.0
-    else:
-        model = rd.load_keras_model(out / state["checkpoint"])
-        history = rd.read_history(out / rd.HISTORY)[: state["epoch"]]
-        epoch_done, batch_done, best = state["epoch"], state["batch"], state["best_valid_loss"]
-        wall_before = state["wall_seconds"]
-        if window is not None:
-            window.current_idx = state["window_position"]
-    rd.write_json(out / rd.CONFIG, info)
-    parameters = [v.value for v in model.trainable_variables]
-    optimizer = make_optimizer(config, parameters)
-    schedule = LearningRate(config, steps_per_epoch)
-    if state is not None:
-        load_optimizer_state(optimizer, rd.load_arrays(out / state["optimizer"]), state["optimizer_groups"])
-        schedule.load_state(state["schedule"])
-    device = torch_backend.device_type()
-    log(f"run {out}: {info['parameters']:,} parameters, vocabulary {len(vocabulary):,}, train {len(train_ids):,} / "
-        f"valid {len(valid_ids):,} tokens, {steps_per_epoch:,} batches per epoch, {precision} on {device}")
-
-    def wall():
-        return wall_before + time.time() - started
-
-    def save_state(epoch, batch, checkpoint, window_position, sums=None, states=None):
-        # The optimizer and LSTM-state files are named after the checkpoint they belong to, and state.json,
-        # written last, names all three: a crash at any point leaves state.json pointing at a consistent set.
-        tag = Path(checkpoint).stem.replace("model-", "")
-        arrays, groups = optimizer_state(optimizer)
-        optimizer_file = f"{rd.CHECKPOINTS}/optimizer-{tag}.npz"
-        rd.save_arrays(out / optimizer_file, arrays)
-        states_file = None
-        if states is not None:
-            states_file = f"{rd.CHECKPOINTS}/states-{tag}.npz"
-            rd.save_arrays(out / states_file, {f"{kind}{i}": s.detach().float().cpu().numpy()
-                                               for i, pair in enumerate(states) for kind, s in zip("hc", pair)})
-        rd.write_json(out / rd.STATE, {
-            "epoch": epoch, "batch": batch, "checkpoint": checkpoint, "optimizer": optimizer_file,
-            "states": states_file, "best_valid_loss": best, "wall_seconds": wall(), "optimizer_groups": groups,
-            "schedule": schedule.state(), "window_position": window_position, "partial_sums": sums})
-        for old in (out / rd.CHECKPOINTS).glob("*.npz"):  # only the set state.json names is needed
-            if f"{rd.CHECKPOINTS}/{old.name}" not in (optimizer_file, states_file):
-                old.unlink()
-
-    epoch, batches_done = epoch_done, 0
+    run = open_run(config, out, resume, command)
+    run.log = log = log or _log_to_stderr
+    config = run.config
+    log(f"run {run.out}: {run.info['parameters']:,} parameters, vocabulary {len(run.vocabulary):,}, train "
+        f"{len(run.batches.ids):,} / valid {len(run.valid_ids):,} tokens, {run.batches.steps_per_epoch:,} batches "
+        f"per epoch, {run.trainer.precision} on {run.trainer.device}")
+    run.budget.estimate_validation(lambda tokens: run.validate(run.valid_ids[:tokens]), len(run.valid_ids))
+    current = None  # the epoch in progress (None between epochs: nothing to save on Ctrl-C)
     try:
-        for epoch in range(epoch_done + 1, config.epochs + 1):
-            if schedule.out_of_time(wall()):
+        for epoch in range(run.epochs_done + 1, config.epochs + 1):
+            if run.budget.spent():
                 log(f"stopping before epoch {epoch}: the --max-minutes {config.max_minutes:g} budget is spent")
                 break
-            epoch_window_position = window.current_idx if window else 0
-            batches = window.epoch() if window else stream_batches(train_ids, config.batch_size, config.num_steps)
-            states = None if window else model.initial_states(config.batch_size)
-            sums, skip = _Epoch(device), 0
-            if epoch == epoch_done + 1 and batch_done:  # resuming inside an interrupted epoch
-                skip, sums = batch_done, _Epoch(device, state["partial_sums"])
-                if window is None:
-                    saved = rd.load_arrays(out / state["states"])
-                    states = [tuple(torch.as_tensor(saved[f"{k}{i}"], device=device) for k in "hc")
-                              for i in range(config.num_layers)]
-            batches_done = skip
-            bar = Progress(steps_per_epoch, f"epoch {epoch}/{config.epochs}", enabled=progress, log=log)
-            epoch_started, tokens_this_run = time.time(), 0
-            for index, (x, y) in enumerate(batches):
-                if index < skip:
-                    continue
-                # Dropout masks depend only on (seed, epoch, batch): a resumed run draws the unbroken run's masks.
-                for owner in [model, *model.lstm_layers]:
-                    owner.seed_generator.state.assign(
-                        np.array([owner.seed or 0, epoch * 1_000_003 + index], dtype="uint32"))
-                learning_rate = schedule.at_step(epoch, index, wall())
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate
-                loss, hits, new_states = train_step(model, optimizer, parameters, x, y, states, config.clip_norm,
-                                                    precision, device, config.sum_over_time)
-                if window is None:  # truncated BPTT: keep the state's values, cut its graph
-                    states = [(h.detach(), c.detach()) for h, c in new_states]
-                batches_done = index + 1
-                sums.add(loss, hits, x.size)
-                tokens_this_run += x.size
-                if bar.due(batches_done):
-                    bar.update(batches_done, f"loss {sums.mean_loss():.3f} ppl {math.exp(sums.mean_loss()):.1f} "
-                               f"lr {learning_rate:.3g} {tokens_this_run / (time.time() - epoch_started):,.0f} tok/s")
-                if schedule.out_of_time(wall(), during_epoch=True):
-                    log(f"epoch {epoch}: the time budget ends after {batches_done}/{steps_per_epoch} batches")
-                    break
+            current = run.start_epoch(epoch)
+            bar = Progress(run.batches.steps_per_epoch, f"epoch {epoch}/{config.epochs}", enabled=progress, log=log)
+            train_epoch(run.trainer, run.batches.epoch(current.window_position), current, run.rate_at(epoch),
+                        should_stop=lambda p: _after_batch(run, p, bar))
             bar.close()
-            train_seconds = time.time() - epoch_started
-            valid = evaluate_ids(model, valid_ids, vocabulary, config.eval_batch_size, precision=precision)
-            row = {"epoch": epoch, "train_loss": round(sums.mean_loss(), 5),
-                   "train_perplexity": round(math.exp(sums.mean_loss()), 3),
-                   "train_accuracy": round(sums.hits.item() / max(1, sums.tokens), 5),
-                   "valid_loss": round(valid["loss"], 5), "valid_perplexity": round(valid["perplexity"], 3),
-                   "valid_accuracy": round(valid["accuracy"], 5),
-                   "valid_top5_accuracy": round(valid["top5_accuracy"], 5),
-                   "learning_rate": float(f"{schedule.rate:.6g}"), "train_tokens": sums.tokens,
-                   "tokens_per_second": round(tokens_this_run / max(train_seconds, 1e-9), 1),
-                   "epoch_seconds": round(time.time() - epoch_started, 2), "wall_seconds": round(wall(), 2)}
-            history.append(row)
-            schedule.end_epoch(valid["loss"], valid["seconds"])
-            checkpoint = f"{rd.CHECKPOINTS}/model-{epoch:02d}.keras"
-            rd.save_model(model, out / checkpoint)
-            if valid["loss"] < best:
-                best = valid["loss"]
-                rd.save_model(model, out / rd.MODEL)
-            rd.write_history(out / rd.HISTORY, history, HISTORY_FIELDS)
-            save_state(epoch, 0, checkpoint, window.current_idx if window else 0)
-            _prune_checkpoints(out, config.keep_checkpoints, epoch)
-            log(f"epoch {epoch}: train loss {row['train_loss']:.4f} nats (ppl {row['train_perplexity']:.2f}, "
-                f"acc {row['train_accuracy']:.4f}, {sums.tokens:,} tokens) | valid loss {row['valid_loss']:.4f} "
-                f"nats (ppl {row['valid_perplexity']:.2f}, acc {row['valid_accuracy']:.4f}, {valid['tokens']:,} "
-                f"tokens) | lr {row['learning_rate']:.4g} | {row['tokens_per_second']:,.0f} tok/s | "
-                f"{row['epoch_seconds']:.0f} s")
-            if config.tensorboard:
-                from lstmlm.tensorboard import write_scalars
-
-                write_scalars(out / "tensorboard", row)
-            batches_done = 0
+            current.window_position_after = run.batches.position
+            run.end_epoch(current)
+            current = None
     except KeyboardInterrupt:
         # Save a resumable checkpoint of the epoch in progress; every earlier file stays as it was.
-        if batches_done > 0:
+        if current is not None and current.batches_done > 0:
             bar.close()
-            checkpoint = f"{rd.CHECKPOINTS}/interrupted.keras"
-            rd.save_model(model, out / checkpoint)
-            save_state(epoch - 1, batches_done, checkpoint, epoch_window_position, sums.as_dict(),
-                       states if window is None else None)
-            log(f"interrupted in epoch {epoch} after {batches_done} batches: saved {out / checkpoint}; "
-                f"continue with: lstmlm train --resume {out}")
+            run.save_resumable(current)
         raise
-    return out
+    return run.out
 
 
-def _prune_checkpoints(out, keep, epoch):
-    if keep <= 0:
-        return
-    for old in range(1, epoch - keep + 1):
-        path = out / rd.CHECKPOINTS / f"model-{old:02d}.keras"
-        if path.exists():
-            path.unlink()
+def _after_batch(run, progress, bar):
+    """The progress line, and the time budget's check; True ends the epoch."""
+    if bar.due(progress.batches_done):
+        bar.update(progress.batches_done, f"loss {progress.mean_loss():.3f} ppl {perplexity(progress.mean_loss()):.1f} "
+                   f"lr {progress.learning_rate:.3g} {progress.tokens_per_second():,.0f} tok/s")
+    if not run.budget.leaves_time_for_validation():
+        run.log(f"epoch {progress.epoch}: the time budget ends after {progress.batches_done}/"
+                f"{run.batches.steps_per_epoch} batches")
+        return True
+    return False

@@ -7,10 +7,10 @@ Saved as `vocab.txt`: one `word<TAB>count` per line, in id order (plain text, no
 """
 
 import collections
-import os
 from pathlib import Path
 
 from lstmlm.errors import LstmlmError
+from lstmlm.files import atomic_write_text
 from lstmlm.tokenize import UNK
 
 
@@ -73,10 +73,7 @@ class Vocabulary:
         return [word for word in words if word not in self.index]
 
     def save(self, path):
-        path = Path(path)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text("".join(f"{w}\t{c}\n" for w, c in zip(self.words, self.counts)), encoding="utf-8")
-        os.replace(temporary, path)
+        atomic_write_text(path, "".join(f"{w}\t{c}\n" for w, c in zip(self.words, self.counts)), "vocabulary")
 
     @classmethod
     def load(cls, path):

@@ -1,0 +1,91 @@
+"""The files training writes into a run directory, and the one rule that keeps them consistent.
+
+    checkpoints/model-NN.keras     the model after epoch NN (every epoch; --keep-checkpoints N keeps the newest N)
+    checkpoints/interrupted.keras  a resumable mid-epoch checkpoint (Ctrl-C, SIGTERM, --checkpoint-minutes)
+    checkpoints/optimizer-TAG.npz  the optimizer state belonging to model-TAG / TAG.keras
+    checkpoints/states-TAG.npz     the LSTM states of a mid-epoch checkpoint (stream batching)
+    model.keras                    the best-validation model
+    history.csv                    one row per finished epoch
+    state.json                     where training stands: names the checkpoint, optimizer and states files
+
+Every file is written atomically (lstmlm.files), and state.json is written last, after every file it names: a
+crash at any moment leaves state.json naming a complete, consistent set, and the files of the previous set are
+deleted only after the new state.json is in place.
+"""
+
+from pathlib import Path
+
+from lstmlm import run_directory as rd
+
+INTERRUPTED = "interrupted"
+
+
+class Checkpoints:
+    """Writes checkpoints, history and state.json for one run directory.
+
+    Args:
+        run_dir: the run directory (its checkpoints/ folder exists).
+        keep: keep only the newest `keep` epoch checkpoints (0 = all).
+
+    Example:
+        >>> Checkpoints("runs/x").epoch_file(7)
+        'checkpoints/model-07.keras'
+    """
+
+    def __init__(self, run_dir, keep=0):
+        self.run_dir = Path(run_dir)
+        self.keep = keep
+
+    @staticmethod
+    def epoch_file(epoch):
+        return f"{rd.CHECKPOINTS}/model-{epoch:02d}.keras"
+
+    def save_epoch(self, trainer, progress, history, fields, is_best, wall_seconds):
+        """After an epoch's validation: its checkpoint, model.keras if best, history.csv, then state.json."""
+        checkpoint = self.epoch_file(progress.epoch)
+        rd.save_model(trainer.model, self.run_dir / checkpoint, "checkpoint")
+        if is_best:
+            rd.save_model(trainer.model, self.run_dir / rd.MODEL, "best model")
+        rd.write_history(self.run_dir / rd.HISTORY, history, fields)
+        self._save_state(trainer, checkpoint, progress.epoch, 0, progress.window_position_after, None, None,
+                         history, wall_seconds)
+        self._prune(progress.epoch)
+
+    def save_resumable(self, trainer, progress, history, wall_seconds):
+        """A mid-epoch checkpoint from which --resume continues exactly where `progress` stands."""
+        checkpoint = f"{rd.CHECKPOINTS}/{INTERRUPTED}.keras"
+        rd.save_model(trainer.model, self.run_dir / checkpoint, "resumable checkpoint")
+        self._save_state(trainer, checkpoint, progress.epoch - 1, progress.batches_done,
+                         progress.window_position, progress.sums(), progress.states, history, wall_seconds)
+        return self.run_dir / checkpoint
+
+    def _save_state(self, trainer, checkpoint, epoch, batch, window_position, sums, states, history, wall_seconds):
+        # The optimizer and LSTM-state files are named after the checkpoint they belong to, and state.json,
+        # written last, names all three: a crash at any point leaves state.json pointing at a consistent set.
+        tag = Path(checkpoint).stem.replace("model-", "")
+        arrays, groups = trainer.optimizer_state()
+        optimizer_file = f"{rd.CHECKPOINTS}/optimizer-{tag}.npz"
+        rd.save_arrays(self.run_dir / optimizer_file, arrays, "optimizer state")
+        states_file = None
+        if states is not None:
+            states_file = f"{rd.CHECKPOINTS}/states-{tag}.npz"
+            rd.save_arrays(self.run_dir / states_file, trainer.states_to_arrays(states), "LSTM states")
+        valid_losses = [row["valid_loss"] for row in history]
+        rd.write_json(self.run_dir / rd.STATE, {
+            "epoch": epoch, "batch": batch, "checkpoint": checkpoint, "optimizer": optimizer_file,
+            "states": states_file, "best_valid_loss": min(valid_losses, default=float("inf")),
+            "wall_seconds": wall_seconds, "optimizer_groups": groups, "window_position": window_position,
+            "partial_sums": sums}, "training state")
+        keep = {optimizer_file, states_file}
+        for old in (self.run_dir / rd.CHECKPOINTS).glob("*.npz"):  # only the set state.json names is needed
+            if f"{rd.CHECKPOINTS}/{old.name}" not in keep:
+                old.unlink()
+        if batch == 0:  # an epoch checkpoint supersedes any mid-epoch one
+            (self.run_dir / rd.CHECKPOINTS / f"{INTERRUPTED}.keras").unlink(missing_ok=True)
+
+    def _prune(self, epoch):
+        if self.keep <= 0:
+            return
+        for old in range(1, epoch - self.keep + 1):
+            (self.run_dir / self.epoch_file(old)).unlink(missing_ok=True)
+
