@@ -90,37 +90,35 @@ def call_with_states(model):
 
 # ---- training variants -------------------------------------------------------------------------------------
 class LstmlmTrainer:
-    """lstmlm's default training step exactly as train.train() runs it (state carried in stream mode)."""
+    """lstmlm's default training step exactly as training.train() runs it: its public Trainer, train_step and
+    EpochProgress (state carried in stream mode)."""
 
     def __init__(self, config_name, fused=True, label=None):
         import keras
 
         from lstmlm import torch_backend
         from lstmlm.model import build_model
-        from lstmlm.optimizer import make_optimizer
-        from lstmlm.training import _Epoch
+        from lstmlm.training import EpochProgress, Trainer
 
         self.name = label or ("lstmlm" if fused else "lstmlm fused=False")
         self.config = config_for(config_name, fused=fused)
         keras.utils.set_random_seed(self.config.seed)
-        self.model = build_model(self.config, VOCABULARY)
-        self.parameters = [v.value for v in self.model.trainable_variables]
-        self.optimizer = make_optimizer(self.config, self.parameters)
-        self.precision = torch_backend.resolve_precision(self.config.precision)
-        self.device = torch_backend.device_type()
+        self.trainer = Trainer(self.config, build_model(self.config, VOCABULARY),
+                               torch_backend.resolve_precision(self.config.precision))
+        self.model, self.optimizer, self.parameters = self.trainer.model, self.trainer.optimizer, self.trainer.parameters
+        self.precision, self.device = self.trainer.precision, self.trainer.device
         self.carry = self.config.batching == "stream"
         self.states = self.model.initial_states(self.config.batch_size) if self.carry else None
-        self.sums = _Epoch(self.device)
+        self.progress = EpochProgress(1, self.device)
 
     def step(self, x, y):
+        from lstmlm import torch_backend
         from lstmlm.training import train_step
 
-        extra = {"sum_over_time": True} if getattr(self.config, "sum_over_time", False) else {}
-        loss, hits, new_states = train_step(self.model, self.optimizer, self.parameters, x, y, self.states,
-                                            self.config.clip_norm, self.precision, self.device, **extra)
+        loss, hits, new_states = train_step(self.trainer, x, y, self.states)
         if self.carry:
-            self.states = [(h.detach(), c.detach()) for h, c in new_states]
-        self.sums.add(loss, hits, x.size)
+            self.states = torch_backend.repackage_hidden(new_states)
+        self.progress.add(loss, hits, x.size)
         return float(loss)
 
 
