@@ -1,7 +1,8 @@
 """The files training writes into a run directory, and the one rule that keeps them consistent.
 
     checkpoints/model-NN.keras     the model after epoch NN (every epoch; --keep-checkpoints N keeps the newest N)
-    checkpoints/interrupted.keras  a resumable mid-epoch checkpoint (Ctrl-C, SIGTERM, --checkpoint-minutes)
+    checkpoints/interrupted.keras  the resumable mid-epoch checkpoint (Ctrl-C, SIGTERM, SIGHUP, and every
+                                   --checkpoint-minutes; only the newest is kept)
     checkpoints/optimizer-TAG.npz  the optimizer state belonging to model-TAG / TAG.keras
     checkpoints/states-TAG.npz     the LSTM states of a mid-epoch checkpoint (stream batching)
     model.keras                    the best-validation model
@@ -16,6 +17,7 @@ deleted only after the new state.json is in place.
 from pathlib import Path
 
 from lstmlm import run_directory as rd
+from lstmlm.failpoints import failpoint
 
 INTERRUPTED = "interrupted"
 
@@ -71,6 +73,7 @@ class Checkpoints:
             states_file = f"{rd.CHECKPOINTS}/states-{tag}.npz"
             rd.save_arrays(self.run_dir / states_file, trainer.states_to_arrays(states), "LSTM states")
         valid_losses = [row["valid_loss"] for row in history]
+        failpoint("before_state")
         rd.write_json(self.run_dir / rd.STATE, {
             "epoch": epoch, "batch": batch, "checkpoint": checkpoint, "optimizer": optimizer_file,
             "states": states_file, "best_valid_loss": min(valid_losses, default=float("inf")),

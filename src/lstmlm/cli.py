@@ -7,7 +7,8 @@
     lstmlm serve | plot | inspect  (see their --help)
 
 Results go to stdout, progress and notes to stderr. A bad argument or file gives one line,
-`lstmlm: error: ...`, and exit status 2; Ctrl-C exits with 130.
+`lstmlm: error: ...`, and exit status 2; Ctrl-C exits with 130, SIGTERM with 143, SIGHUP with 129 (training
+saves a resumable checkpoint first).
 """
 
 import argparse
@@ -259,9 +260,9 @@ def main(argv=None):
     except LstmlmError as error:
         print(f"lstmlm: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("lstmlm: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:  # Ctrl-C (130), or SIGTERM (143) / SIGHUP (129) during training
+        print(f"lstmlm: {'stopped by ' + interrupt.args[0] if interrupt.args else 'interrupted'}", file=sys.stderr)
+        return getattr(interrupt, "exit_status", 130)
 
 
 if __name__ == "__main__":

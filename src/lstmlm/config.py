@@ -7,6 +7,7 @@ The defaults are the recipe `lstmlm train` runs with no flags: Zaremba et al. 20
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,11 +80,21 @@ class Config:
     evaluation_batch_size: int = field(default=1, metadata=_help(
         "parallel streams for validation; 1 carries the state through the whole text (exact)"))
     keep_checkpoints: int = field(default=0, metadata=_help("keep only the newest N epoch checkpoints (0 = all)"))
+    checkpoint_minutes: float = field(default=10.0, metadata=_help(
+        "also save a resumable mid-epoch checkpoint every this many minutes (0 = only at epoch ends): a killed "
+        "run loses at most this much work"))
+    max_nonfinite_steps: int = field(default=10, metadata=_help(
+        "a step whose loss or gradient is nan/inf is skipped; this many in a row stop training"))
     tensorboard: bool = field(default=False, metadata=_help("also write TensorBoard logs to RUN_DIR/tensorboard"))
 
     def validate(self):
         """Raise LstmlmError naming the first bad field."""
-        positive = ["batch_size", "num_steps", "hidden_size", "num_layers", "epochs", "evaluation_batch_size"]
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise LstmlmError(f"--{flag(f.name)} must be a finite number, got {value}")
+        positive = ["batch_size", "num_steps", "hidden_size", "num_layers", "epochs", "evaluation_batch_size",
+                    "max_nonfinite_steps"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise LstmlmError(f"--{flag(name)} must be a positive integer, got {getattr(self, name)}")
@@ -97,7 +108,7 @@ class Config:
         for name in ["learning_rate"]:
             if getattr(self, name) <= 0:
                 raise LstmlmError(f"--{flag(name)} must be > 0, got {getattr(self, name)}")
-        for name in ["clip_norm", "weight_decay", "init_scale", "max_minutes"]:
+        for name in ["clip_norm", "weight_decay", "init_scale", "max_minutes", "checkpoint_minutes"]:
             if getattr(self, name) < 0:
                 raise LstmlmError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.learning_rate_decay <= 1.0:

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from lstmlm.errors import LstmlmError
+from lstmlm.failpoints import failpoint
 
 
 def temporary_name(path):
@@ -44,6 +45,7 @@ def atomic_path(path, what="file"):
     try:
         yield temporary
         _sync(temporary)
+        failpoint("write")
         os.replace(temporary, path)
         _sync_directory(path.parent)
     except OSError as error:

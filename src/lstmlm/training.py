@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from lstmlm import run_directory as rd
-from lstmlm import torch_backend
+from lstmlm import signals, torch_backend
 from lstmlm.batches import Batches
 from lstmlm.budget import Budget
 from lstmlm.checkpoints import Checkpoints
@@ -30,6 +30,7 @@ from lstmlm.config import Config
 from lstmlm.corpus import load_corpus
 from lstmlm.errors import LstmlmError
 from lstmlm.evaluate import evaluate_ids
+from lstmlm.failpoints import failpoint
 from lstmlm.machine import cpu_info
 from lstmlm.model import build_model
 from lstmlm.optimizer import load_optimizer_state, make_optimizer, optimizer_state
@@ -82,6 +83,7 @@ class Trainer:
         self.device = torch_backend.device_type()
         self.parameters = [v.value for v in model.trainable_variables]
         self.optimizer = make_optimizer(config, self.parameters)
+        self.last_step_finite = True
 
     def set_learning_rate(self, rate):
         for group in self.optimizer.param_groups:
@@ -113,7 +115,8 @@ class Trainer:
 def train_step(trainer, x, y, states):
     """One optimisation step on a (batch, time) batch; returns (mean loss tensor, top-1 hits tensor, states).
 
-    The loss is the mean cross-entropy in nats over the batch's tokens (sparse targets, logits: the same
+    A step whose loss or gradient norm is not finite changes no weight and sets `trainer.last_step_finite`
+    to False. The loss is the mean cross-entropy in nats over the batch's tokens (sparse targets, logits: the same
     mathematics as the tutorial's softmax + one-hot categorical cross-entropy). With `sum_over_time` the
     gradient is that of the loss summed over time and averaged over the batch (mean x time steps).
     """
@@ -129,8 +132,14 @@ def train_step(trainer, x, y, states):
     trainer.optimizer.zero_grad(set_to_none=True)
     (loss * x.shape[1] if config.sum_over_time else loss).backward()
     if config.clip_norm > 0:
-        torch.nn.utils.clip_grad_norm_(trainer.parameters, config.clip_norm, foreach=True)
-    trainer.optimizer.step()
+        norm = torch.nn.utils.clip_grad_norm_(trainer.parameters, config.clip_norm, foreach=True)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in trainer.parameters if p.grad is not None],
+                                             foreach=True)
+    # A nan/inf loss or gradient would poison every weight: skip the update (the caller counts it).
+    trainer.last_step_finite = bool(torch.isfinite(loss) & torch.isfinite(norm))
+    if trainer.last_step_finite:
+        trainer.optimizer.step()
     with torch.no_grad():  # top-1 hit: the target's logit is the row's maximum (amax is 4x cheaper than argmax)
         hits = (flat.gather(1, y[:, None])[:, 0] >= flat.amax(-1)).sum()
     return loss.detach(), hits, new_states
@@ -159,6 +168,8 @@ class EpochProgress:
         self.window_position_after = window_position  # set when the epoch's batches are done
         self.learning_rate = 0.0
         self.started, self.train_seconds, self.tokens_this_session = time.time(), 0.0, 0
+        self.skipped_steps, self.skipped_in_a_row = 0, 0
+        self.saved = False  # True once the epoch's checkpoint and state.json are written
 
     def add(self, loss, hits, tokens):
         self.loss += loss.detach().double() * tokens
@@ -166,6 +177,13 @@ class EpochProgress:
         self.tokens += tokens
         self.tokens_this_session += tokens
         self.batches_done += 1
+        self.skipped_in_a_row = 0
+
+    def skip(self):
+        """A batch whose step was skipped (non-finite loss or gradient): passed over, not counted."""
+        self.batches_done += 1
+        self.skipped_steps += 1
+        self.skipped_in_a_row += 1
 
     def mean_loss(self):
         return self.loss.item() / max(1, self.tokens)
@@ -183,6 +201,9 @@ class EpochProgress:
 def train_epoch(trainer, batches, progress, rate_at, should_stop=None):
     """Train on one epoch's batches from `progress.batches_done` on; returns `progress`, updated.
 
+    Steps with a non-finite loss or gradient are skipped and counted; `max_nonfinite_steps` of them in a row
+    raise LstmlmError. A stop signal (Ctrl-C, SIGTERM, SIGHUP) takes effect between steps (signals.py).
+
     Args:
         trainer: the Trainer.
         batches: the epoch's (inputs, targets) batches, from the first (earlier ones are skipped on resume).
@@ -190,16 +211,28 @@ def train_epoch(trainer, batches, progress, rate_at, should_stop=None):
         rate_at: function of the batch index -> learning rate.
         should_stop: function of `progress`, called after every batch; True ends the epoch early.
     """
+    limit = trainer.config.max_nonfinite_steps
     for index, (x, y) in enumerate(batches):
         if index < progress.batches_done:
             continue
-        trainer.seed_dropout(progress.epoch, index)
-        progress.learning_rate = rate_at(index)
-        trainer.set_learning_rate(progress.learning_rate)
-        loss, hits, states = train_step(trainer, x, y, progress.states)
-        if progress.states is not None:
-            progress.states = torch_backend.repackage_hidden(states)
-        progress.add(loss, hits, x.size)
+        with signals.step():  # a stop signal waits until the step and its bookkeeping agree
+            failpoint("step")
+            trainer.seed_dropout(progress.epoch, index)
+            progress.learning_rate = rate_at(index)
+            trainer.set_learning_rate(progress.learning_rate)
+            loss, hits, states = train_step(trainer, x, y, progress.states)
+            if not trainer.last_step_finite:
+                progress.skip()  # the states from before this batch are kept: the new ones may be nan
+            else:
+                if progress.states is not None:
+                    progress.states = torch_backend.repackage_hidden(states)
+                progress.add(loss, hits, x.size)
+        if progress.skipped_in_a_row >= limit:
+            raise LstmlmError(
+                f"epoch {progress.epoch}, batch {index + 1}: {limit} steps in a row had a non-finite loss or "
+                f"gradient (nan/inf), {progress.skipped_steps} this epoch; training stopped, the last checkpoint "
+                f"and model.keras are unchanged; lower --learning-rate (now {progress.learning_rate:g}) or set "
+                f"--clip-norm (now {trainer.config.clip_norm:g})")
         if should_stop is not None and should_stop(progress):
             break
     progress.train_seconds = time.time() - progress.started
@@ -230,6 +263,7 @@ class TrainingRun:
         self.checkpoints = Checkpoints(out, config.keep_checkpoints)
         self.history, self.epochs_done = [], 0
         self.budget = Budget(config.max_minutes)
+        self.last_checkpoint = time.time()
         if state is not None:
             self.trainer.load_optimizer_state(rd.load_arrays(out / state["optimizer"]), state["optimizer_groups"])
             self.history = rd.read_history(out / rd.HISTORY)[: state["epoch"]]
@@ -260,6 +294,7 @@ class TrainingRun:
                                            self.budget.elapsed(), losses)
 
     def validate(self, ids=None):
+        failpoint("validation")
         return evaluate_ids(self.model, self.valid_ids if ids is None else ids, self.vocabulary,
                             self.config.evaluation_batch_size, precision=self.trainer.precision)
 
@@ -272,20 +307,32 @@ class TrainingRun:
         self.history.append(row)
         self.checkpoints.save_epoch(self.trainer, progress, self.history, HISTORY_FIELDS, is_best,
                                     self.budget.elapsed())
+        progress.saved = True  # state.json now names this epoch's checkpoint: a stop from here on saves nothing
         self.log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} nats (ppl {row['train_perplexity']:.2f}, "
                  f"acc {row['train_accuracy']:.4f}, {progress.tokens:,} tokens) | valid loss {row['valid_loss']:.4f} "
                  f"nats (ppl {row['valid_perplexity']:.2f}, acc {row['valid_accuracy']:.4f}, {valid['tokens']:,} "
                  f"tokens) | lr {row['learning_rate']:.4g} | {row['tokens_per_second']:,.0f} tok/s | "
-                 f"{row['epoch_seconds']:.0f} s")
+                 f"{row['epoch_seconds']:.0f} s"
+                 + (f" | skipped {progress.skipped_steps} non-finite steps" if progress.skipped_steps else ""))
+        self.last_checkpoint = time.time()
         if self.config.tensorboard:
             from lstmlm.tensorboard import write_scalars
 
             write_scalars(self.out / "tensorboard", row)
 
-    def save_resumable(self, progress):
+    def save_resumable(self, progress, reason=None):
+        """Save a mid-epoch checkpoint; `reason` is the signal's name (None: the periodic checkpoint)."""
         path = self.checkpoints.save_resumable(self.trainer, progress, self.history, self.budget.elapsed())
-        self.log(f"interrupted in epoch {progress.epoch} after {progress.batches_done} batches: saved {path}; "
-                 f"continue with: lstmlm train --resume {self.out}")
+        self.last_checkpoint = time.time()
+        where = f"epoch {progress.epoch} after {progress.batches_done} batches"
+        if reason is None:
+            self.log(f"checkpoint: {where} (every {self.config.checkpoint_minutes:g} min): {path}")
+        else:
+            self.log(f"{reason}: stopped in {where}: saved {path}; continue with: lstmlm train --resume {self.out}")
+
+    def checkpoint_due(self):
+        minutes = self.config.checkpoint_minutes
+        return minutes > 0 and time.time() - self.last_checkpoint >= 60 * minutes
 
 
 def open_run(config, out, resume, command):
@@ -295,9 +342,10 @@ def open_run(config, out, resume, command):
                           "evaluate, predict and generate work on any backend")
     import torch
 
-    state = None
+    state, resumed = None, None
     if resume is not None:
         out, info, config, state = _read_resume(resume, config, command)
+        resumed = info["resumed"]
     else:
         config.validate()
     if config.threads > 0:
@@ -306,7 +354,7 @@ def open_run(config, out, resume, command):
     corpus = load_corpus(config)  # reads and checks every input before anything is written
     Batches(config, corpus["train"])  # a split too short for one batch is an error before anything is written
     if state is None:
-        out = _new_run_directory(out)
+        out = _new_run_directory(out, fresh=resumed is None)
         keras.utils.set_random_seed(config.seed)
         model = build_model(config, len(corpus.vocabulary))
         info = {"config": config.to_dict(), "command": command, "precision": precision,
@@ -314,6 +362,8 @@ def open_run(config, out, resume, command):
                 "parameters": int(model.count_params()), "corpus": corpus.sources,
                 "tokens": {split: int(len(ids)) for split, ids in corpus.splits.items()},
                 "vocabulary_size": len(corpus.vocabulary)}
+        if resumed is not None:
+            info["resumed"] = resumed
         corpus.vocabulary.save(out / rd.VOCABULARY)
     else:
         model = rd.load_keras_model(out / state["checkpoint"])
@@ -329,11 +379,10 @@ def _read_resume(resume, config, command):
     if config is not None and config.epochs > saved_config.epochs:  # resume may extend the run
         saved_config.epochs = config.epochs
         info["config"]["epochs"] = config.epochs
-    if not (out / rd.STATE).exists():
-        raise LstmlmError(f"--resume {out}: no state.json, nothing to resume")
-    state = rd.read_json(out / rd.STATE)
     info.setdefault("resumed", []).append(command)
-    return out, info, saved_config, state
+    if not (out / rd.STATE).exists():  # killed before its first checkpoint: start over from its own config
+        return out, info, saved_config, None
+    return out, info, saved_config, rd.read_json(out / rd.STATE)
 
 
 def _check_precision(precision):
@@ -344,11 +393,12 @@ def _check_precision(precision):
     return precision
 
 
-def _new_run_directory(out):
+def _new_run_directory(out, fresh=True):
+    """The run directory, created; `fresh=False` reuses one whose run died before its first checkpoint."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LstmlmError(f"--out {out}: exists and is not a directory")
-    if (out / rd.CONFIG).exists():
+    if fresh and (out / rd.CONFIG).exists():
         raise LstmlmError(f"--out {out}: already holds a run (use --resume {out} or another --out)")
     (out / rd.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     return out
@@ -382,34 +432,49 @@ def train(config, out="runs/latest", resume=None, log=None, command=None, progre
         f"{len(run.batches.ids):,} / valid {len(run.valid_ids):,} tokens, {run.batches.steps_per_epoch:,} batches "
         f"per epoch, {run.trainer.precision} on {run.trainer.device}")
     run.budget.estimate_validation(lambda tokens: run.validate(run.valid_ids[:tokens]), len(run.valid_ids))
-    current = None  # the epoch in progress (None between epochs: nothing to save on Ctrl-C)
+    with signals.handled():
+        _epoch_loop(run, progress)
+    return run.out
+
+
+def _epoch_loop(run, progress):
+    """pytorch/examples' loop: train an epoch, validate, save; on a stop signal, a resumable checkpoint."""
+    config, current, bar = run.config, None, None  # current: the epoch in progress (None between epochs)
     try:
         for epoch in range(run.epochs_done + 1, config.epochs + 1):
             if run.budget.spent():
-                log(f"stopping before epoch {epoch}: the --max-minutes {config.max_minutes:g} budget is spent")
+                run.log(f"stopping before epoch {epoch}: the --max-minutes {config.max_minutes:g} budget is spent")
                 break
             current = run.start_epoch(epoch)
-            bar = Progress(run.batches.steps_per_epoch, f"epoch {epoch}/{config.epochs}", enabled=progress, log=log)
+            bar = Progress(run.batches.steps_per_epoch, f"epoch {epoch}/{config.epochs}", enabled=progress,
+                           log=run.log)
             train_epoch(run.trainer, run.batches.epoch(current.window_position), current, run.rate_at(epoch),
                         should_stop=lambda p: _after_batch(run, p, bar))
             bar.close()
             current.window_position_after = run.batches.position
             run.end_epoch(current)
             current = None
-    except KeyboardInterrupt:
-        # Save a resumable checkpoint of the epoch in progress; every earlier file stays as it was.
-        if current is not None and current.batches_done > 0:
+    except KeyboardInterrupt as interrupt:
+        # A resumable checkpoint of the epoch in progress; every earlier file stays as it was. Not after a
+        # second signal that cut a step in half (the weights and the progress would disagree).
+        if bar is not None:
             bar.close()
-            run.save_resumable(current)
+        clean = getattr(interrupt, "clean", True)
+        name = f"{interrupt.args[0]}" if isinstance(interrupt, signals.Interrupted) else "interrupted"
+        if current is not None and current.batches_done > 0 and not current.saved and clean:
+            run.save_resumable(current, reason=name)
+        elif not clean:
+            run.log(f"{name} (a second signal, mid-step): nothing saved; the last checkpoint stands")
         raise
-    return run.out
 
 
 def _after_batch(run, progress, bar):
-    """The progress line, and the time budget's check; True ends the epoch."""
+    """The progress line, the periodic checkpoint, and the time budget's check; True ends the epoch."""
     if bar.due(progress.batches_done):
         bar.update(progress.batches_done, f"loss {progress.mean_loss():.3f} ppl {perplexity(progress.mean_loss()):.1f} "
                    f"lr {progress.learning_rate:.3g} {progress.tokens_per_second():,.0f} tok/s")
+    if run.checkpoint_due():
+        run.save_resumable(progress)
     if not run.budget.leaves_time_for_validation():
         run.log(f"epoch {progress.epoch}: the time budget ends after {progress.batches_done}/"
                 f"{run.batches.steps_per_epoch} batches")
