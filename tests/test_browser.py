@@ -81,7 +81,7 @@ def test_type_see_suggestions_tab_accepts_generate_and_score(page, api):
     box = page.locator("#text")
     box.click()
     box.type("the cat sat on ", delay=20)
-    expected = [w["word"] for w in api("/v1/next", {"text": "the cat sat on ", "top_k": 8})["words"]]
+    expected = [w["word"] for w in api("/v1/next", {"text": "the cat sat on ", "top_k": 8})["predictions"]]
     buttons = page.locator("#suggestions li button")
     wait_for_suggestions(page, expected)
     sync_api.expect(page.locator("#suggestions li.active button")).to_have_attribute("data-word", expected[0])
@@ -96,7 +96,7 @@ def test_type_see_suggestions_tab_accepts_generate_and_score(page, api):
 
     # a half-typed word filters the suggestions to words that start with it; clicking one accepts it
     box.type("t", delay=20)
-    after = api("/v1/next", {"text": f"the cat sat on {accepted} ", "top_k": 100})["words"]
+    after = api("/v1/next", {"text": f"the cat sat on {accepted} ", "top_k": 100})["predictions"]
     starting_with_t = [w["word"] for w in after if w["word"].startswith("t")][:8]
     wait_for_suggestions(page, starting_with_t)
     buttons.first.click()
@@ -105,10 +105,11 @@ def test_type_see_suggestions_tab_accepts_generate_and_score(page, api):
 
     # continue: the page's settings (temperature 0.8, top-k 40) with seed 3 give the API's words
     page.fill("#seed", "3")
-    page.fill("#words", "6")
+    sync_api.expect(page.locator("#num-words")).to_have_value("30")  # /health's default_num_words
+    page.fill("#num-words", "6")
     page.click("#continue")
     sync_api.expect(page.locator("#status")).to_have_text("generated 6 words")
-    generated = api("/v1/generate", {"prompt": prompt, "words": 6, "temperature": 0.8, "top_k": 40,
+    generated = api("/v1/generate", {"prompt": prompt, "num_words": 6, "temperature": 0.8, "top_k": 40,
                                      "seed": 3})["text"]
     value = box.input_value()
     assert value == prompt + generated + ("" if generated[-1:].isspace() else " ")
@@ -129,7 +130,7 @@ def test_type_see_suggestions_tab_accepts_generate_and_score(page, api):
     box.press("End")
     box.type(" ", delay=20)
     text = box.input_value()
-    wait_for_suggestions(page, [w["word"] for w in api("/v1/next", {"text": text, "top_k": 8})["words"]])
+    wait_for_suggestions(page, [w["word"] for w in api("/v1/next", {"text": text, "top_k": 8})["predictions"]])
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACT), full_page=True)
     assert ARTIFACT.stat().st_size > 10_000
@@ -139,7 +140,7 @@ def test_type_see_suggestions_tab_accepts_generate_and_score(page, api):
 
 
 def test_errors_are_shown_not_thrown(page):
-    page.fill("#words", "5000")  # over the server's limit: the page shows the API's one-line error
+    page.fill("#num-words", "5000")  # over the server's limit: the page shows the API's one-line error
     page.click("#continue")
-    sync_api.expect(page.locator("#status")).to_contain_text("words")
+    sync_api.expect(page.locator("#status")).to_contain_text("num_words")
     sync_api.expect(page.locator("#status")).to_have_class("status error")

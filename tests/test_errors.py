@@ -97,7 +97,7 @@ def test_non_positive_sizes(capsys, toy_corpus, tmp_path, flag, value, message):
 
 
 def test_evaluate_batch_size_zero(capsys, untouched):
-    fails(capsys, ["evaluate", untouched, "--batch-size", "0"], r"--batch-size must be positive")
+    fails(capsys, ["evaluate", untouched, "--evaluation-batch-size", "0"], r"--evaluation-batch-size must be positive")
 
 
 def test_missing_or_incomplete_run_directory(capsys, tmp_path, untouched):
@@ -108,7 +108,7 @@ def test_missing_or_incomplete_run_directory(capsys, tmp_path, untouched):
     (incomplete / "model.keras").unlink()
     before = tree_digest(incomplete)
     fails(capsys, ["evaluate", incomplete], r"incomplete run directory, missing model\.keras")
-    fails(capsys, ["generate", incomplete, "--words", "3"], r"missing model\.keras")
+    fails(capsys, ["generate", incomplete, "--num-words", "3"], r"missing model\.keras")
     assert tree_digest(incomplete) == before
     a_file = tmp_path / "file.txt"
     a_file.write_text("x", encoding="utf-8")
@@ -135,7 +135,9 @@ def test_prompt_of_only_unknown_words(capsys, untouched):
     assert captured.err == "note: not in the vocabulary, read as <unk>: zorblax qwerty\n"
     import json
 
-    words = json.loads(captured.out)["words"]
+    result = json.loads(captured.out)
+    assert result["unknown_words"] == ["zorblax", "qwerty"]
+    words = result["predictions"]
     assert len(words) == 5 and all(0 < w["probability"] <= 1 for w in words)
 
 

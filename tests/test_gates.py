@@ -11,7 +11,7 @@ from lstmlm import torch_backend
 from lstmlm.cli import main
 from lstmlm.errors import LstmlmError
 from lstmlm.gates import TRACE_NAMES, split_weights, to_float64, trace_gates
-from lstmlm.inspect import inspect_text
+from lstmlm.inspection import inspect_text
 from lstmlm.language_model import load
 from lstmlm.lstm import lstm_loop
 
@@ -108,6 +108,7 @@ def test_inspect_json_matches_the_reference_cell(run_dir, language_model, capsys
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert "zebra" in captured.err  # the unknown-word note goes to stderr, stdout is only JSON
+    assert result["unknown_words"] == ["zebra"]
     assert (result["layer"], result["num_layers"], result["hidden_size"], result["units"]) == (1, 2, 16, 5)
     ids, _, _ = language_model.encode_prompt(TEXT)
     words = [p["word"] for p in result["positions"]]

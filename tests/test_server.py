@@ -82,6 +82,7 @@ def test_health_describes_the_loaded_model(client, language_model):
     assert health["vocabulary_size"] == len(language_model.vocabulary)
     assert health["parameters"] == language_model.model.count_params()
     assert health["limits"] == Limits().__dict__
+    assert health["default_num_words"] == 30
 
 
 def test_openapi_schema_lists_the_versioned_endpoints(client):
@@ -93,8 +94,9 @@ def test_openapi_schema_lists_the_versioned_endpoints(client):
 def test_next_matches_the_library_sorted_and_at_most_one(client, language_model):
     answer = client.post("/v1/next", json={"text": "the cat sat on", "top_k": 5})
     assert answer.status_code == 200
-    words = answer.json()["words"]
-    expected = language_model.predict_next("the cat sat on", top_k=5)["words"]
+    assert answer.json() == language_model.predict_next("the cat sat on", top_k=5)  # the library's dict, as it is
+    words = answer.json()["predictions"]
+    expected = language_model.predict_next("the cat sat on", top_k=5)["predictions"]
     assert [w["word"] for w in words] == [w["word"] for w in expected]
     assert [w["probability"] for w in words] == pytest.approx([w["probability"] for w in expected], abs=1e-12)
     probabilities = [w["probability"] for w in words]
@@ -104,49 +106,57 @@ def test_next_matches_the_library_sorted_and_at_most_one(client, language_model)
 
 def test_next_over_the_whole_vocabulary_sums_to_one(client, language_model):
     size = len(language_model.vocabulary)
-    words = client.post("/v1/next", json={"text": "a bird", "top_k": 100}).json()["words"]
+    words = client.post("/v1/next", json={"text": "a bird", "top_k": 100}).json()["predictions"]
     assert len(words) == min(size, 100)
     assert sum(w["probability"] for w in words) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_next_reports_unknown_words(client):
     answer = client.post("/v1/next", json={"text": "the zebra"}).json()
-    assert answer["unknown"] == ["zebra"] and len(answer["words"]) == 5
+    assert answer["unknown_words"] == ["zebra"] and len(answer["predictions"]) == 5
 
 
 def test_generate_same_seed_same_text(client, language_model):
-    request = {"prompt": "the dog", "words": 12, "temperature": 1.0, "top_k": 5, "seed": 7}
+    request = {"prompt": "the dog", "num_words": 12, "temperature": 1.0, "top_k": 5, "seed": 7}
     first, second = (client.post("/v1/generate", json=request).json() for _ in range(2))
     assert first["text"] == second["text"] and len(first["words"]) == 12
-    library = language_model.generate("the dog", words=12, temperature=1.0, top_k=5, seed=7)
-    assert first["words"] == library["words"] and first["text"] == library["text"]
+    library = language_model.generate("the dog", num_words=12, temperature=1.0, top_k=5, seed=7)
+    assert first == library  # the library's dict, as it is
 
 
 def test_generate_greedy_needs_no_seed(client, language_model):
-    answer = client.post("/v1/generate", json={"prompt": "a bird", "words": 6, "temperature": 0}).json()
-    assert answer["words"] == language_model.generate("a bird", words=6, temperature=0)["words"]
+    answer = client.post("/v1/generate", json={"prompt": "a bird", "num_words": 6, "temperature": 0}).json()
+    assert answer["words"] == language_model.generate("a bird", num_words=6, temperature=0)["words"]
+
+
+def test_generate_defaults_to_default_num_words(client):
+    from lstmlm.language_model import DEFAULT_NUM_WORDS
+
+    assert len(client.post("/v1/generate", json={"temperature": 0}).json()["words"]) == DEFAULT_NUM_WORDS
 
 
 def test_score_total_is_the_sum_and_perplexity_follows(client, language_model):
     answer = client.post("/v1/score", json={"text": "the cat sat on the mat"}).json()
-    values = [w["log_probability"] for w in answer["words"]]
-    assert [w["word"] for w in answer["words"]] == "the cat sat on the mat".split()
+    values = [w["log_probability"] for w in answer["word_scores"]]
+    assert [w["word"] for w in answer["word_scores"]] == "the cat sat on the mat".split()
     assert all(v < 0 for v in values)
     assert answer["tokens"] == 6
     assert answer["total_log_probability"] == pytest.approx(sum(values), abs=1e-9)
     assert answer["perplexity"] == pytest.approx(math.exp(-answer["total_log_probability"] / 6), rel=1e-9)
     library = language_model.score("the cat sat on the mat")
     assert answer["total_log_probability"] == pytest.approx(library["total_log_probability"], abs=1e-9)
+    assert list(answer) == list(library) == ["word_scores", "total_log_probability", "tokens", "perplexity",
+                                              "unknown_words"]
 
 
 def test_concurrent_requests_get_the_sequential_answers(server_url, language_model):
     """Model calls are serialized by a lock: answers under concurrency equal the one-at-a-time answers."""
     texts = [" ".join(SENTENCES[i % 4].split()[: 1 + i % 5]) for i in range(24)]
-    expected = {t: language_model.predict_next(t, 3)["words"] for t in texts}
+    expected = {t: language_model.predict_next(t, 3)["predictions"] for t in texts}
 
     def ask(text):
         with httpx.Client(base_url=server_url, timeout=30) as client:
-            return text, client.post("/v1/next", json={"text": text, "top_k": 3}).json()["words"]
+            return text, client.post("/v1/next", json={"text": text, "top_k": 3}).json()["predictions"]
 
     with ThreadPoolExecutor(8) as pool:
         for text, words in pool.map(ask, texts):
@@ -174,8 +184,9 @@ BAD_REQUESTS = [
     ("/v1/next", {"text": "the", "topk": 3}, 422, "topk"),  # a misspelt field is not ignored
     ("/v1/next", {"text": "x" * 10_001}, 422, "text"),
     ("/v1/next", {"text": "a " * 1_001}, 422, "1001 words"),
-    ("/v1/generate", {"words": 501}, 422, "words"),
-    ("/v1/generate", {"words": -1}, 422, "words"),
+    ("/v1/generate", {"num_words": 501}, 422, "num_words"),
+    ("/v1/generate", {"num_words": -1}, 422, "num_words"),
+    ("/v1/generate", {"words": 5}, 422, "words"),  # the old name is an unknown field, not silently ignored
     ("/v1/generate", {"temperature": -0.5}, 422, "temperature"),
     ("/v1/generate", {"temperature": 11}, 422, "temperature"),
     ("/v1/generate", {"top_p": 0}, 422, "top_p"),
