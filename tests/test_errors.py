@@ -4,7 +4,7 @@ import re
 import shutil
 
 import pytest
-from conftest import tree_digest
+from helpers import tree_digest
 
 from lstmlm import corpus as corpus_module
 from lstmlm import training as train_module

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from helpers import numpy
 from keras import ops
 
 import lstmlm
@@ -24,10 +25,6 @@ def make(**overrides):
 
 def token_ids(batch=3, time=9, seed=0):
     return ops.convert_to_tensor(np.random.default_rng(seed).integers(0, VOCAB, (batch, time)), dtype="int32")
-
-
-def numpy(tensor):
-    return ops.convert_to_numpy(ops.stop_gradient(tensor))
 
 
 def test_shapes_and_call_returns_logits():

@@ -1,8 +1,8 @@
 """`lstmlm serve`: the JSON API through a real uvicorn server on a free loopback port.
 
 The numbers the server returns must be the library's numbers (`LanguageModel.predict_next`, `generate`,
-`score`); every bad request must be a 4xx with a JSON body, never a 500. The fixtures here are also used by
-tests/test_browser.py.
+`score`); every bad request must be a 4xx with a JSON body, never a 500. The server (conftest's `server_url`)
+serves the session's `tiny_run`, trained on the toy grammar of tests/helpers.py.
 """
 
 import json
@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,49 +22,16 @@ pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installe
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 
 from lstmlm.errors import LstmlmError  # noqa: E402
-from lstmlm.server import Limits, create_app, listen, make_server  # noqa: E402
+from lstmlm.server import Limits, create_app, listen  # noqa: E402
 
-SENTENCES = ["the cat sat on the mat", "the dog ate the bone", "a bird sang in the tree", "the market rose today"]
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """A run directory trained for one epoch on a toy corpus (about 2 seconds)."""
-    import random
-
-    from lstmlm.presets import preset
-    from lstmlm.training import train
-
-    folder = tmp_path_factory.mktemp("serve")
-    rng = random.Random(0)
-    for name, lines in (("train", 300), ("valid", 40)):
-        (folder / f"{name}.txt").write_text("\n".join(rng.choice(SENTENCES) for _ in range(lines)) + "\n")
-    config = preset("tiny", train=str(folder / "train.txt"), valid=str(folder / "valid.txt"), epochs=1,
-                    hidden_size=16)
-    return train(config, out=folder / "run", progress=False, log=lambda line: None)
+SENTENCES = ["the cat sees the ball", "my friend likes a fish today", "a bird hears the river",
+             "our neighbour wants some bread"]  # the toy grammar's
 
 
 @pytest.fixture(scope="session")
-def language_model(tiny_run):
-    from lstmlm.language_model import load
-
-    return load(tiny_run)
-
-
-@pytest.fixture(scope="session")
-def server_url(language_model):
-    """The base URL of a uvicorn server (in a thread) serving the tiny model; stopped after the session."""
-    sock = listen("127.0.0.1", 0)
-    server = make_server(create_app(language_model), log_level="warning")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
+def language_model(loaded_tiny):
+    """The library's answers to compare with (the server holds its own copy of the same run)."""
+    return loaded_tiny
 
 
 @pytest.fixture
@@ -75,10 +41,10 @@ def client(server_url):
 
 
 # ---- the endpoints --------------------------------------------------------------------------------------
-def test_health_describes_the_loaded_model(client, language_model):
+def test_health_describes_the_loaded_model(client, language_model, tiny_run):
     health = client.get("/health").json()
     assert health["status"] == "ok"
-    assert health["model"] == "run"  # the run directory's name, not its full path
+    assert health["model"] == tiny_run.name == "tiny"  # the run directory's name, not its full path
     assert health["vocabulary_size"] == len(language_model.vocabulary)
     assert health["parameters"] == language_model.model.count_params()
     assert health["limits"] == Limits().__dict__
@@ -92,11 +58,11 @@ def test_openapi_schema_lists_the_versioned_endpoints(client):
 
 
 def test_next_matches_the_library_sorted_and_at_most_one(client, language_model):
-    answer = client.post("/v1/next", json={"text": "the cat sat on", "top_k": 5})
+    answer = client.post("/v1/next", json={"text": "the cat sees", "top_k": 5})
     assert answer.status_code == 200
-    assert answer.json() == language_model.predict_next("the cat sat on", top_k=5)  # the library's dict, as it is
+    assert answer.json() == language_model.predict_next("the cat sees", top_k=5)  # the library's dict, as it is
     words = answer.json()["predictions"]
-    expected = language_model.predict_next("the cat sat on", top_k=5)["predictions"]
+    expected = language_model.predict_next("the cat sees", top_k=5)["predictions"]
     assert [w["word"] for w in words] == [w["word"] for w in expected]
     assert [w["probability"] for w in words] == pytest.approx([w["probability"] for w in expected], abs=1e-12)
     probabilities = [w["probability"] for w in words]
@@ -136,14 +102,14 @@ def test_generate_defaults_to_default_num_words(client):
 
 
 def test_score_total_is_the_sum_and_perplexity_follows(client, language_model):
-    answer = client.post("/v1/score", json={"text": "the cat sat on the mat"}).json()
+    answer = client.post("/v1/score", json={"text": "the cat sees the ball"}).json()
     values = [w["log_probability"] for w in answer["word_scores"]]
-    assert [w["word"] for w in answer["word_scores"]] == "the cat sat on the mat".split()
+    assert [w["word"] for w in answer["word_scores"]] == "the cat sees the ball".split()
     assert all(v < 0 for v in values)
-    assert answer["tokens"] == 6
+    assert answer["tokens"] == 5
     assert answer["total_log_probability"] == pytest.approx(sum(values), abs=1e-9)
-    assert answer["perplexity"] == pytest.approx(math.exp(-answer["total_log_probability"] / 6), rel=1e-9)
-    library = language_model.score("the cat sat on the mat")
+    assert answer["perplexity"] == pytest.approx(math.exp(-answer["total_log_probability"] / 5), rel=1e-9)
+    library = language_model.score("the cat sees the ball")
     assert answer["total_log_probability"] == pytest.approx(library["total_log_probability"], abs=1e-9)
     assert list(answer) == list(library) == ["word_scores", "total_log_probability", "tokens", "perplexity",
                                               "unknown_words"]
@@ -253,7 +219,7 @@ def test_busy_port_is_one_clear_error():
 
 
 @pytest.mark.slow
-def test_cli_serves_until_ctrl_c(tiny_run):
+def test_cli_serves_until_ctrl_c(tiny_run):  # serves the shared run read-only
     """`lstmlm serve RUN --port 0` in a subprocess: prints its URL, answers, stops on Ctrl-C with status 130
     (the CLI's Ctrl-C status) after uvicorn's graceful shutdown."""
     process = subprocess.Popen([sys.executable, "-m", "lstmlm", "serve", str(tiny_run), "--port", "0",
@@ -269,7 +235,7 @@ def test_cli_serves_until_ctrl_c(tiny_run):
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
-        assert health.json()["model"] == "run"
+        assert health.json()["model"] == tiny_run.name
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 130
         assert process.stderr.read().strip().endswith("lstmlm: interrupted")
