@@ -5,6 +5,7 @@ import pytest
 from keras import ops
 
 from lstmlm.errors import LstmlmError
+from lstmlm.language_model import join_words
 from lstmlm.samplers import softmax
 from lstmlm.tokenize import EOS, UNK
 
@@ -26,10 +27,21 @@ def test_greedy_equals_argmax_over_the_growing_sequence(loaded_tiny, prompt):
         expected.append(loaded_tiny.vocabulary.words[next_id])
         ids = ids + [next_id]
     assert result["words"] == expected
-    assert result["text"] == " ".join(expected).replace(f" {EOS} ", "\n").replace(f" {EOS}", "\n") \
-        .replace(f"{EOS} ", "\n").replace(EOS, "\n")
+    assert result["text"] == join_words(expected)
     # greedy ignores the seed
     assert loaded_tiny.generate(prompt, num_words=12, temperature=0, seed=99)["words"] == expected
+
+
+@pytest.mark.parametrize("words, text", [
+    ([], ""),
+    (["the", "cat"], "the cat"),
+    (["the", "cat", EOS, "a", "dog"], "the cat\na dog"),
+    ([EOS, "a", "dog", EOS], "\na dog\n"),
+    (["a", EOS, EOS, "b"], "a\n\nb"),
+    ([EOS, EOS], "\n\n"),
+])
+def test_join_words_writes_eos_as_newlines(words, text):
+    assert join_words(words) == text
 
 
 def test_seeded_sampling_is_reproducible(loaded_tiny):

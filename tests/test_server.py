@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +21,8 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="the test extra (httpx) is not installed")
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
+
+from helpers import serving  # noqa: E402
 
 from lstmlm.errors import LstmlmError  # noqa: E402
 from lstmlm.server import Limits, create_app, listen  # noqa: E402
@@ -115,20 +118,72 @@ def test_score_total_is_the_sum_and_perplexity_follows(client, language_model):
                                               "unknown_words"]
 
 
-def test_concurrent_requests_get_the_sequential_answers(server_url, language_model):
-    """Model calls are serialized by a lock: answers under concurrency equal the one-at-a-time answers."""
-    texts = [" ".join(SENTENCES[i % 4].split()[: 1 + i % 5]) for i in range(24)]
-    expected = {t: language_model.predict_next(t, 3)["predictions"] for t in texts}
+class OverlapCounter:
+    """A LanguageModel stand-in that counts how many of its model calls run at the same time.
 
-    def ask(text):
-        with httpx.Client(base_url=server_url, timeout=30) as client:
-            return text, client.post("/v1/next", json={"text": text, "top_k": 3}).json()["predictions"]
+    Each call holds the model for a few milliseconds more than it needs (a sleep releases the GIL), so that
+    without the server's lock concurrent requests would be inside the model together.
+    """
 
-    with ThreadPoolExecutor(8) as pool:
-        for text, words in pool.map(ask, texts):
-            assert [w["word"] for w in words] == [w["word"] for w in expected[text]]
-            assert [w["probability"] for w in words] == pytest.approx(
-                [w["probability"] for w in expected[text]], abs=1e-9)
+    def __init__(self, language_model, hold_seconds=0.005):
+        self.language_model, self.hold_seconds = language_model, hold_seconds
+        self.inside = self.most_inside = self.calls = 0
+        self.counting = threading.Lock()
+
+    def __getattr__(self, name):  # run, vocabulary, model, config: what create_app reads
+        return getattr(self.language_model, name)
+
+    def _counted(self, method, *args, **kwargs):
+        with self.counting:
+            self.inside += 1
+            self.calls += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            time.sleep(self.hold_seconds)
+            return getattr(self.language_model, method)(*args, **kwargs)
+        finally:
+            with self.counting:
+                self.inside -= 1
+
+    def predict_next(self, *args, **kwargs):
+        return self._counted("predict_next", *args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self._counted("generate", *args, **kwargs)
+
+    def score(self, *args, **kwargs):
+        return self._counted("score", *args, **kwargs)
+
+
+def test_concurrent_requests_are_serialized_and_get_the_answers_given_alone(tiny_run):
+    """The server holds one lock around every model call: 12 clients at once never have two calls inside the
+    model together, and every answer equals the same request's answer when it was alone."""
+    from lstmlm.language_model import load
+
+    model = OverlapCounter(load(tiny_run))
+    requests = []
+    for i in range(48):
+        words = SENTENCES[i % 4].split()[: 1 + i % 5]
+        kind = i % 3
+        if kind == 0:
+            requests.append(("/v1/next", {"text": " ".join(words), "top_k": 3}))
+        elif kind == 1:
+            requests.append(("/v1/generate", {"prompt": " ".join(words), "num_words": 8, "seed": i, "top_k": 5}))
+        else:
+            requests.append(("/v1/score", {"text": " ".join(words)}))
+    with serving(create_app(model)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        alone = [client.post(path, json=body).json() for path, body in requests]  # one at a time
+        assert model.most_inside == 1
+
+        def ask(request):
+            with httpx.Client(base_url=url, timeout=60) as own_client:
+                return own_client.post(request[0], json=request[1]).json()
+
+        with ThreadPoolExecutor(12) as pool:
+            together = list(pool.map(ask, requests))
+    assert model.calls == 2 * len(requests)
+    assert model.most_inside == 1, f"{model.most_inside} model calls ran at the same time"
+    assert together == alone  # exactly, every float
 
 
 def test_the_page_is_served_and_self_contained(client):

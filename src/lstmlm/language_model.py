@@ -168,6 +168,12 @@ class LanguageModel:
 
 
 def join_words(words):
+    r"""The words as text: separated by spaces, each <eos> written as a newline (without spaces around it).
+
+    Example:
+        >>> join_words(["the", "cat", "<eos>", "a", "dog", "<eos>"])
+        'the cat\na dog\n'
+    """
     return " ".join(words).replace(f" {EOS} ", "\n").replace(f" {EOS}", "\n").replace(f"{EOS} ", "\n") \
         .replace(EOS, "\n")
 
