@@ -18,7 +18,11 @@ TRAIN_FLAGS = ["--preset", "tiny", "--hidden-size", "16", "--num-steps", "8", "-
 
 @pytest.fixture(scope="module")
 def cli_run(toy_corpus, tmp_path_factory):
-    """A run trained through `lstmlm train`, with the report it printed."""
+    """A run trained through `lstmlm train`, with the report it printed.
+
+    Its own model, not conftest's tiny_run: training through the CLI (flags over a preset, the recorded
+    command, the final report) is what test_train_writes_a_run_and_reports checks; the other tests here reuse it.
+    """
     out = tmp_path_factory.mktemp("cli") / "run"
     argv = ["train", *TRAIN_FLAGS, "--train", str(toy_corpus["train"]), "--valid", str(toy_corpus["valid"]),
             "--test", str(toy_corpus["test"]), "--out", str(out)]

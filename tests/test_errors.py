@@ -178,6 +178,7 @@ def test_ctrl_c_exits_130_and_leaves_a_resumable_run(capsys, toy_corpus, tmp_pat
 
 
 def test_split_the_run_does_not_have(capsys, toy_corpus, tmp_path):
+    # its own run: the shared tiny_run has a test split, this one must not
     out = tmp_path / "no-test"
     argv = train_argv(toy_corpus, out)  # --train and --valid only
     assert main([str(a) for a in argv]) == 0
