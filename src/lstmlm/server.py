@@ -240,12 +240,15 @@ def create_app(language_model, limits=Limits()):
 # ---- listening ------------------------------------------------------------------------------------------
 def listen(host, port):
     """A listening TCP socket, so that a busy port is one clear error (and port 0 picks a free one)."""
+    sock = None
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError as error:
+        if sock is not None:
+            sock.close()  # not left to the garbage collector (a ResourceWarning)
         raise LstmlmError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
     sock.listen(128)
     return sock
