@@ -4,7 +4,7 @@
 
 For each preset size: an untrained model with a 10,000-word vocabulary (speed does not depend on training),
 `LanguageModel.predict_next` on a 30-word prompt (median over --calls), and `LanguageModel.generate` of
---words words at temperature 0 (greedy) and at temperature 1 with top-k 40.
+--num-words words at temperature 0 (greedy) and at temperature 1 with top-k 40.
 """
 
 import argparse
@@ -35,7 +35,7 @@ def measure(name, calls, words):
     result = {"preset": name, "predict_next_ms": 1000 * statistics.median(times)}
     for label, options in (("greedy", dict(temperature=0)), ("top_k_40", dict(temperature=1.0, top_k=40))):
         started = time.perf_counter()
-        model.generate("w1 w2", words=words, seed=1, **options)
+        model.generate("w1 w2", num_words=words, seed=1, **options)
         result[f"generate_{label}_words_per_second"] = words / (time.perf_counter() - started)
     return result
 
@@ -44,7 +44,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", action="append", help="model size(s) to time (default: tutorial, small)")
     parser.add_argument("--calls", type=int, default=30)
-    parser.add_argument("--words", type=int, default=200)
+    parser.add_argument("--num-words", type=int, default=200)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -55,7 +55,7 @@ def main(argv=None):
           "top-k 40 sampling (words/s) |")
     print("|---|---|---|---|")
     for name in args.preset or ["tutorial", "small"]:
-        r = measure(name, args.calls, args.words)
+        r = measure(name, args.calls, args.num_words)
         print(f"| {name} | {r['predict_next_ms']:.1f} | {r['generate_greedy_words_per_second']:,.0f} | "
               f"{r['generate_top_k_40_words_per_second']:,.0f} |")
 

@@ -8,7 +8,7 @@ Args (command line):
     --url URL | --run-dir DIR | --tiny    what to load
     --endpoint next|generate|score         what each request asks (default next)
     --clients N --requests M               M requests in all, N at a time (each client keeps one connection)
-    --words W                              /v1/generate: words per request
+    --num-words W                          /v1/generate: words per request
     --out PREFIX                           default test-artifacts/load-ENDPOINT
 
 Example:
@@ -74,16 +74,16 @@ def start_server(run_dir):
     sys.exit("load.py: the server did not answer /health within 30 s")
 
 
-def request_body(endpoint, index, words):
+def request_body(endpoint, index, num_words):
     prompt = PROMPTS[index % len(PROMPTS)]
     if endpoint == "next":
         return {"text": prompt, "top_k": 5}
     if endpoint == "generate":
-        return {"prompt": prompt, "words": words, "temperature": 1.0, "top_k": 40, "seed": index}
+        return {"prompt": prompt, "num_words": num_words, "temperature": 1.0, "top_k": 40, "seed": index}
     return {"text": prompt + " " + " ".join(PROMPTS)}
 
 
-def measure(url, endpoint, clients, requests, words):
+def measure(url, endpoint, clients, requests, num_words):
     """Send `requests` requests over `clients` threads; returns the result dict."""
     local = threading.local()
     latencies, errors, lock = [], [], threading.Lock()
@@ -93,7 +93,7 @@ def measure(url, endpoint, clients, requests, words):
             local.client = httpx.Client(base_url=url, timeout=120)
         started = time.perf_counter()
         try:
-            answer = local.client.post(f"/v1/{endpoint}", json=request_body(endpoint, index, words))
+            answer = local.client.post(f"/v1/{endpoint}", json=request_body(endpoint, index, num_words))
             ok, reason = answer.status_code == 200, f"HTTP {answer.status_code}"
         except httpx.HTTPError as error:
             ok, reason = False, type(error).__name__
@@ -111,8 +111,8 @@ def measure(url, endpoint, clients, requests, words):
     ordered = sorted(latencies) or [float("nan")]
     percentile = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731 (nearest rank)
     health = httpx.get(url + "/health", timeout=10).json()
-    return {"endpoint": endpoint, "clients": clients, "requests": requests, "words": words if endpoint ==
-            "generate" else None, "seconds": round(seconds, 3), "requests_per_second": round(requests / seconds, 2),
+    return {"endpoint": endpoint, "clients": clients, "requests": requests,
+            "num_words": num_words if endpoint == "generate" else None, "seconds": round(seconds, 3), "requests_per_second": round(requests / seconds, 2),
             "p50_ms": round(1000 * percentile(0.50), 2), "p99_ms": round(1000 * percentile(0.99), 2),
             "mean_ms": round(1000 * statistics.fmean(ordered), 2), "errors": len(errors),
             "error_kinds": sorted(set(errors)), "model": health["model"],
@@ -123,7 +123,8 @@ def measure(url, endpoint, clients, requests, words):
 def markdown(result):
     rows = [("model", f"{result['model']} ({result['vocabulary_size']:,} words, {result['parameters']:,} "
                       "parameters)"),
-            ("endpoint", f"/v1/{result['endpoint']}" + (f" ({result['words']} words)" if result["words"] else "")),
+            ("endpoint", f"/v1/{result['endpoint']}"
+             + (f" ({result['num_words']} words)" if result["num_words"] else "")),
             ("clients x requests", f"{result['clients']} x {result['requests']}"),
             ("requests/s", f"{result['requests_per_second']:.1f}"),
             ("p50 latency", f"{result['p50_ms']:.1f} ms"), ("p99 latency", f"{result['p99_ms']:.1f} ms"),
@@ -141,7 +142,7 @@ def main():
     parser.add_argument("--endpoint", choices=["next", "generate", "score"], default="next")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--words", type=int, default=20, help="/v1/generate: words per request")
+    parser.add_argument("--num-words", type=int, default=20, help="/v1/generate: words per request")
     parser.add_argument("--out", help="output prefix (default test-artifacts/load-ENDPOINT)")
     args = parser.parse_args()
     if args.clients <= 0 or args.requests <= 0:
@@ -154,7 +155,7 @@ def main():
             run_dir = train_tiny(Path(folder)) if args.tiny else args.run_dir
             process, url = start_server(run_dir)
         try:
-            result = measure(url, args.endpoint, args.clients, args.requests, args.words)
+            result = measure(url, args.endpoint, args.clients, args.requests, args.num_words)
         finally:
             if process:
                 process.terminate()

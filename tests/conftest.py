@@ -1,18 +1,18 @@
-"""Shared fixtures: a small synthetic corpus on disk and one tiny trained run directory for the whole session.
+"""Shared fixtures: a small synthetic corpus on disk, one tiny trained run directory for the whole session,
+and one server serving it. The plain helpers they use are in tests/helpers.py.
 
-Everything is sized to train in seconds on two busy CPU cores.
+Everything is sized to train in seconds on two busy CPU cores. The run directory is shared: a test that writes
+into a run directory copies it first (shutil.copytree into tmp_path).
 """
 
-import hashlib
 import os
-from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import lstmlm  # noqa: E402,F401  (registers the Keras classes)
+from helpers import serving, tensorboard_installed, tiny_config, tree_digest, write_corpus  # noqa: E402,F401
 
 try:  # keep the suite off the second core, which long training runs may be using
     import torch
@@ -21,34 +21,6 @@ try:  # keep the suite off the second core, which long training runs may be usin
 except ImportError:  # pragma: no cover
     pass
 
-SUBJECTS = ["the cat", "the dog", "a bird", "my friend", "the teacher", "our neighbour"]
-VERBS = ["sees", "likes", "finds", "chases", "hears", "wants"]
-OBJECTS = ["the ball", "a fish", "the house", "some bread", "the river", "a song"]
-
-
-def toy_sentences(count, seed):
-    """`count` sentences of a tiny grammar, reproducible from `seed`."""
-    rng = np.random.default_rng(seed)
-    lines = []
-    for _ in range(count):
-        line = f"{SUBJECTS[rng.integers(len(SUBJECTS))]} {VERBS[rng.integers(len(VERBS))]} " \
-               f"{OBJECTS[rng.integers(len(OBJECTS))]}"
-        if rng.random() < 0.3:
-            line += " today"
-        lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
-def write_corpus(directory, train_sentences=300, other_sentences=30):
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split, count, seed in (("train", train_sentences, 1), ("valid", other_sentences, 2),
-                               ("test", other_sentences, 3)):
-        paths[split] = directory / f"toy.{split}.txt"
-        paths[split].write_text(toy_sentences(count, seed), encoding="utf-8")
-    return paths
-
 
 @pytest.fixture(scope="session")
 def toy_corpus(tmp_path_factory):
@@ -56,35 +28,17 @@ def toy_corpus(tmp_path_factory):
     return write_corpus(tmp_path_factory.mktemp("toy"))
 
 
-def tiny_config(paths, **overrides):
-    """The smallest sensible Config on the toy corpus."""
-    from lstmlm.config import Config
-
-    values = dict(train=str(paths["train"]), valid=str(paths["valid"]), test=str(paths["test"]), hidden_size=16,
-                  num_layers=2, num_steps=8, batch_size=8, epochs=2, optimizer="adam", learning_rate=0.03,
-                  clip_norm=5.0, seed=1, precision="float32", learning_rate_schedule="constant", init_scale=0.0,
-                  sum_over_time=False)
-    values.update(overrides)
-    return Config(**values)
-
-
 @pytest.fixture(scope="session")
 def tiny_run(toy_corpus, tmp_path_factory):
-    """A run directory trained for 3 epochs on the toy corpus. Tests must not modify it (copy it first)."""
+    """A run directory trained for 3 epochs on the toy corpus (2 layers of 16 units), with TensorBoard logs
+    when the package is installed. Tests must not modify it (copy it first)."""
     from lstmlm.training import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     lines = []
-    train(tiny_config(toy_corpus, epochs=3), out=out, log=lines.append, command=["lstmlm", "train", "--preset", "tiny"],
-          progress=False)
+    train(tiny_config(toy_corpus, epochs=3, tensorboard=tensorboard_installed()), out=out, log=lines.append,
+          command=["lstmlm", "train", "--preset", "tiny"], progress=False)
     return out
-
-
-def tree_digest(directory):
-    """{relative path: sha256} of every file under `directory`, to prove nothing was changed."""
-    directory = Path(directory)
-    return {str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(directory.rglob("*")) if path.is_file()}
 
 
 @pytest.fixture(scope="session")
@@ -93,3 +47,19 @@ def loaded_tiny(tiny_run):
     from lstmlm.language_model import load
 
     return load(tiny_run)
+
+
+@pytest.fixture(scope="session")
+def server_url(tiny_run):
+    """The base URL of a uvicorn server (in a thread) serving the tiny run; stopped after the session.
+
+    The server loads its own LanguageModel: a request still in flight (a browser page closing) must never run
+    on the same object as a test calling `loaded_tiny` directly.
+    """
+    pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
+    pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
+    from lstmlm.language_model import load
+    from lstmlm.server import create_app
+
+    with serving(create_app(load(tiny_run))) as url:
+        yield url

@@ -18,8 +18,8 @@ import keras, lstmlm
 from lstmlm.language_model import load
 model = load(sys.argv[1])
 print(json.dumps({"backend": keras.backend.backend(),
-                  "next": model.predict_next("the cat sat on", top_k=5)["words"],
-                  "generated": model.generate("the dog", words=8, temperature=0)["words"],
+                  "next": model.predict_next("the cat sat on", top_k=5)["predictions"],
+                  "generated": model.generate("the dog", num_words=8, temperature=0)["words"],
                   "perplexity": model.evaluate(file=sys.argv[2])["perplexity"]}))
 """
 

@@ -29,10 +29,17 @@ def test_quick_mode_reports_positive_numbers(tmp_path):
         for key in ("ms_per_step", "tokens_per_second", "ratio_to_pytorch", "loss_first_step", "loss_last_step"):
             assert row[key] > 0 and math.isfinite(row[key]), (key, row)
         assert row["timed_steps"] == 2
-    assert result["ratio_lstmlm_to_pytorch"] > 0
+        # tokens/s is the step's tokens over its median time (ms_per_step is rounded to 0.1 ms)
+        assert row["tokens_per_second"] == pytest.approx(400 / row["ms_per_step"] * 1000, rel=0.01)
+    variants = block["variants"]
+    assert variants["pytorch"]["ratio_to_pytorch"] == 1.0
+    # the headline ratio is plain PyTorch's step time over lstmlm's (rounded to 3 decimals)
+    assert result["ratio_lstmlm_to_pytorch"] == variants["lstmlm"]["ratio_to_pytorch"] == pytest.approx(
+        variants["pytorch"]["ms_per_step"] / variants["lstmlm"]["ms_per_step"], abs=1e-3)
 
     json_path, md_path = throughput.write(result, tmp_path / "bench")
-    assert json.loads(json_path.read_text())["training"]["small"]["variants"]["lstmlm"]["tokens_per_second"] > 0
+    written = json.loads(json_path.read_text())["training"]["small"]["variants"]
+    assert written["lstmlm"]["tokens_per_second"] == variants["lstmlm"]["tokens_per_second"]
     assert "plain PyTorch" in md_path.read_text()
 
 

@@ -31,11 +31,9 @@ pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installe
 
 import httpx  # noqa: E402
 
-from test_server import language_model, server_url, tiny_run  # noqa: E402, F401  (the shared fixtures)
-
 
 @pytest.fixture
-def page(server_url):  # noqa: F811
+def page(server_url):
     """A page at the server's /, with every request recorded; requests elsewhere are blocked and recorded."""
     server = urlsplit(server_url).netloc
     with sync_api.sync_playwright() as playwright:
@@ -59,7 +57,7 @@ def page(server_url):  # noqa: F811
 
 
 @pytest.fixture
-def api(server_url):  # noqa: F811
+def api(server_url):
     """POST to the server: the expected answers go through the server's lock, as the page's requests do
     (calling the model directly here could run at the same time as a request the page still has in flight)."""
     with httpx.Client(base_url=server_url, timeout=30) as client:
@@ -73,15 +71,16 @@ def wait_for_suggestions(page, words):
                            arg="|".join(words), timeout=10_000)
 
 
-def test_type_see_suggestions_tab_accepts_generate_and_score(page, api):
-    # the model name from /health is shown
-    sync_api.expect(page.locator("#model")).to_contain_text("run · 18 words")
+def test_type_see_suggestions_tab_accepts_generate_and_score(page, api, tiny_run, loaded_tiny):
+    # the model name from /health is shown (the session's tiny run on the toy grammar)
+    shown = f"{tiny_run.name} · {len(loaded_tiny.vocabulary)} words"
+    sync_api.expect(page.locator("#model")).to_contain_text(shown)
 
     # type: the suggestions are the API's top words for the text, most likely first
     box = page.locator("#text")
     box.click()
-    box.type("the cat sat on ", delay=20)
-    expected = [w["word"] for w in api("/v1/next", {"text": "the cat sat on ", "top_k": 8})["words"]]
+    box.type("my friend sees ", delay=20)
+    expected = [w["word"] for w in api("/v1/next", {"text": "my friend sees ", "top_k": 8})["predictions"]]
     buttons = page.locator("#suggestions li button")
     wait_for_suggestions(page, expected)
     sync_api.expect(page.locator("#suggestions li.active button")).to_have_attribute("data-word", expected[0])
@@ -91,24 +90,25 @@ def test_type_see_suggestions_tab_accepts_generate_and_score(page, api):
     if expected[0] == "<eos>":  # move the highlight past the end-of-sentence suggestion
         box.press("Alt+ArrowDown")
     box.press("Tab")
-    sync_api.expect(box).to_have_value(f"the cat sat on {accepted} ")
+    sync_api.expect(box).to_have_value(f"my friend sees {accepted} ")
     assert page.evaluate("document.activeElement.id") == "text"  # Tab did not move the focus
 
     # a half-typed word filters the suggestions to words that start with it; clicking one accepts it
     box.type("t", delay=20)
-    after = api("/v1/next", {"text": f"the cat sat on {accepted} ", "top_k": 100})["words"]
+    after = api("/v1/next", {"text": f"my friend sees {accepted} ", "top_k": 100})["predictions"]
     starting_with_t = [w["word"] for w in after if w["word"].startswith("t")][:8]
     wait_for_suggestions(page, starting_with_t)
     buttons.first.click()
-    prompt = f"the cat sat on {accepted} {starting_with_t[0]} "
+    prompt = f"my friend sees {accepted} {starting_with_t[0]} "
     sync_api.expect(box).to_have_value(prompt)
 
     # continue: the page's settings (temperature 0.8, top-k 40) with seed 3 give the API's words
     page.fill("#seed", "3")
-    page.fill("#words", "6")
+    sync_api.expect(page.locator("#num-words")).to_have_value("30")  # /health's default_num_words
+    page.fill("#num-words", "6")
     page.click("#continue")
     sync_api.expect(page.locator("#status")).to_have_text("generated 6 words")
-    generated = api("/v1/generate", {"prompt": prompt, "words": 6, "temperature": 0.8, "top_k": 40,
+    generated = api("/v1/generate", {"prompt": prompt, "num_words": 6, "temperature": 0.8, "top_k": 40,
                                      "seed": 3})["text"]
     value = box.input_value()
     assert value == prompt + generated + ("" if generated[-1:].isspace() else " ")
@@ -129,7 +129,7 @@ def test_type_see_suggestions_tab_accepts_generate_and_score(page, api):
     box.press("End")
     box.type(" ", delay=20)
     text = box.input_value()
-    wait_for_suggestions(page, [w["word"] for w in api("/v1/next", {"text": text, "top_k": 8})["words"]])
+    wait_for_suggestions(page, [w["word"] for w in api("/v1/next", {"text": text, "top_k": 8})["predictions"]])
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACT), full_page=True)
     assert ARTIFACT.stat().st_size > 10_000
@@ -139,7 +139,7 @@ def test_type_see_suggestions_tab_accepts_generate_and_score(page, api):
 
 
 def test_errors_are_shown_not_thrown(page):
-    page.fill("#words", "5000")  # over the server's limit: the page shows the API's one-line error
+    page.fill("#num-words", "5000")  # over the server's limit: the page shows the API's one-line error
     page.click("#continue")
-    sync_api.expect(page.locator("#status")).to_contain_text("words")
+    sync_api.expect(page.locator("#status")).to_contain_text("num_words")
     sync_api.expect(page.locator("#status")).to_have_class("status error")

@@ -18,7 +18,11 @@ TRAIN_FLAGS = ["--preset", "tiny", "--hidden-size", "16", "--num-steps", "8", "-
 
 @pytest.fixture(scope="module")
 def cli_run(toy_corpus, tmp_path_factory):
-    """A run trained through `lstmlm train`, with the report it printed."""
+    """A run trained through `lstmlm train`, with the report it printed.
+
+    Its own model, not conftest's tiny_run: training through the CLI (flags over a preset, the recorded
+    command, the final report) is what test_train_writes_a_run_and_reports checks; the other tests here reuse it.
+    """
     out = tmp_path_factory.mktemp("cli") / "run"
     argv = ["train", *TRAIN_FLAGS, "--train", str(toy_corpus["train"]), "--valid", str(toy_corpus["valid"]),
             "--test", str(toy_corpus["test"]), "--out", str(out)]
@@ -52,11 +56,20 @@ def test_train_writes_a_run_and_reports(cli_run):
 
 
 def test_evaluate_json(cli_run, capsys, toy_corpus):
+    """`evaluate --json` prints the library's result dict, every key of it."""
+    from lstmlm.language_model import load
+
     out = cli_run[0]
     status, stdout, _ = run_cli(capsys, "evaluate", out, "--json")
     assert status == 0
     result = json.loads(stdout)
-    assert list(result) == ["split", "tokens", "loss", "perplexity", "accuracy", "top5_accuracy"]
+    assert list(result) == ["split", "tokens", "loss", "perplexity", "accuracy", "top5_accuracy", "seconds",
+                            "num_unknown_words"]
+    library = load(out).evaluate()
+    assert list(library) == list(result)
+    numbers = ["tokens", "loss", "perplexity", "accuracy", "top5_accuracy", "num_unknown_words"]
+    assert [result[k] for k in numbers] == pytest.approx([library[k] for k in numbers], rel=1e-9)
+    assert result["num_unknown_words"] == 0
     assert result["split"] == "test"
     assert result["tokens"] == len(toy_corpus["test"].read_text().split()) + \
         toy_corpus["test"].read_text().count("\n")
@@ -71,9 +84,14 @@ def test_evaluate_json(cli_run, capsys, toy_corpus):
 
 
 def test_predict_text_json(cli_run, capsys):
+    from lstmlm.language_model import load
+
     status, stdout, stderr = run_cli(capsys, "predict", cli_run[0], "--text", "the cat", "--top-k", "4", "--json")
     assert status == 0 and stderr == ""
-    words = json.loads(stdout)["words"]
+    result = json.loads(stdout)
+    assert result == load(cli_run[0]).predict_next("the cat", top_k=4)  # the library's dict, as it is
+    assert result["unknown_words"] == []
+    words = result["predictions"]
     assert len(words) == 4
     probabilities = [entry["probability"] for entry in words]
     assert probabilities == sorted(probabilities, reverse=True)
@@ -104,15 +122,39 @@ def test_predict_split_report(cli_run, capsys):
 def test_generate_with_seed(cli_run, capsys):
     outputs = []
     for seed in (4, 4, 5):
-        status, stdout, _ = run_cli(capsys, "generate", cli_run[0], "--prompt", "my friend", "--words", "25",
+        status, stdout, _ = run_cli(capsys, "generate", cli_run[0], "--prompt", "my friend", "--num-words", "25",
                                     "--seed", seed)
         assert status == 0
         outputs.append(stdout)
     assert outputs[0] == outputs[1] and outputs[0] != outputs[2]
     assert outputs[0].startswith("my friend ")
-    status, stdout, _ = run_cli(capsys, "generate", cli_run[0], "--words", "10", "--temperature", "0", "--json")
+    status, stdout, _ = run_cli(capsys, "generate", cli_run[0], "--num-words", "10", "--temperature", "0", "--json")
     result = json.loads(stdout)
-    assert len(result["words"]) == 10 and result["prompt"] == ""
+    assert list(result) == ["prompt_words", "words", "text", "unknown_words"]
+    assert len(result["words"]) == 10 and result["prompt_words"] == [] and result["unknown_words"] == []
+
+
+def test_generate_defaults_to_default_num_words(cli_run, capsys):
+    from lstmlm.language_model import DEFAULT_NUM_WORDS
+
+    status, stdout, _ = run_cli(capsys, "generate", cli_run[0], "--temperature", "0", "--json")
+    assert status == 0 and DEFAULT_NUM_WORDS == 30 and len(json.loads(stdout)["words"]) == DEFAULT_NUM_WORDS
+
+
+@pytest.mark.parametrize("verb, old, new, value", [("generate", "--words", "--num-words", "7"),
+                                                    ("evaluate", "--batch-size", "--evaluation-batch-size", "3")])
+def test_deprecated_flags_still_work_and_say_so(cli_run, capsys, verb, old, new, value):
+    extra = ["--temperature", "0"] if verb == "generate" else []
+    status, new_out, new_err = run_cli(capsys, verb, cli_run[0], new, value, *extra, "--json")
+    assert status == 0 and new_err == ""
+    status, old_out, old_err = run_cli(capsys, verb, cli_run[0], old, value, *extra, "--json")
+    assert status == 0 and old_err == f"lstmlm: note: {old} is deprecated, use {new}\n"
+    drop_seconds = lambda out: {k: v for k, v in json.loads(out).items() if k != "seconds"}  # noqa: E731
+    assert drop_seconds(old_out) == drop_seconds(new_out)
+    from lstmlm.cli import build_parser
+
+    verb_parser = build_parser()._subparsers._group_actions[0].choices[verb]
+    assert new in verb_parser.format_help() and old not in verb_parser.format_help()
 
 
 def test_print_config(capsys, toy_corpus):

@@ -4,7 +4,7 @@ import re
 import shutil
 
 import pytest
-from conftest import tree_digest
+from helpers import tree_digest
 
 from lstmlm import corpus as corpus_module
 from lstmlm import training as train_module
@@ -97,7 +97,7 @@ def test_non_positive_sizes(capsys, toy_corpus, tmp_path, flag, value, message):
 
 
 def test_evaluate_batch_size_zero(capsys, untouched):
-    fails(capsys, ["evaluate", untouched, "--batch-size", "0"], r"--batch-size must be positive")
+    fails(capsys, ["evaluate", untouched, "--evaluation-batch-size", "0"], r"--evaluation-batch-size must be positive")
 
 
 def test_missing_or_incomplete_run_directory(capsys, tmp_path, untouched):
@@ -108,7 +108,7 @@ def test_missing_or_incomplete_run_directory(capsys, tmp_path, untouched):
     (incomplete / "model.keras").unlink()
     before = tree_digest(incomplete)
     fails(capsys, ["evaluate", incomplete], r"incomplete run directory, missing model\.keras")
-    fails(capsys, ["generate", incomplete, "--words", "3"], r"missing model\.keras")
+    fails(capsys, ["generate", incomplete, "--num-words", "3"], r"missing model\.keras")
     assert tree_digest(incomplete) == before
     a_file = tmp_path / "file.txt"
     a_file.write_text("x", encoding="utf-8")
@@ -135,7 +135,9 @@ def test_prompt_of_only_unknown_words(capsys, untouched):
     assert captured.err == "note: not in the vocabulary, read as <unk>: zorblax qwerty\n"
     import json
 
-    words = json.loads(captured.out)["words"]
+    result = json.loads(captured.out)
+    assert result["unknown_words"] == ["zorblax", "qwerty"]
+    words = result["predictions"]
     assert len(words) == 5 and all(0 < w["probability"] <= 1 for w in words)
 
 
@@ -176,6 +178,7 @@ def test_ctrl_c_exits_130_and_leaves_a_resumable_run(capsys, toy_corpus, tmp_pat
 
 
 def test_split_the_run_does_not_have(capsys, toy_corpus, tmp_path):
+    # its own run: the shared tiny_run has a test split, this one must not
     out = tmp_path / "no-test"
     argv = train_argv(toy_corpus, out)  # --train and --valid only
     assert main([str(a) for a in argv]) == 0

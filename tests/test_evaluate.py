@@ -70,10 +70,10 @@ def test_batch_size_scores_the_same_tokens_and_is_close(setup):
     model, vocabulary, ids = setup
     exact = evaluate_ids(model, ids, vocabulary)
     for batch_size in (2, 3, 5):  # 98 ids -> 97 predictions: 3 and 5 leave tokens over, which are scored too
-        result = evaluate_ids(model, ids, vocabulary, batch_size=batch_size)
+        result = evaluate_ids(model, ids, vocabulary, evaluation_batch_size=batch_size)
         assert result["tokens"] == exact["tokens"] == len(ids)
         assert result["loss"] == pytest.approx(exact["loss"], rel=0.05)
-    assert evaluate_ids(model, ids, vocabulary, batch_size=1000)["tokens"] == len(ids)
+    assert evaluate_ids(model, ids, vocabulary, evaluation_batch_size=1000)["tokens"] == len(ids)
 
 
 def test_batched_streams_are_each_scored_from_zero_state(setup):
@@ -93,7 +93,7 @@ def test_batched_streams_are_each_scored_from_zero_state(setup):
             row = logits[0, 0].double().numpy()
             second_nll -= row[full[t + 1]] - np.logaddexp.reduce(row)
     assert 2 * length == len(ids)
-    result = evaluate_ids(model, ids, vocabulary, batch_size=2)
+    result = evaluate_ids(model, ids, vocabulary, evaluation_batch_size=2)
     expected = (first[1] * length + second_nll) / (2 * length)
     assert result["loss"] == pytest.approx(expected, rel=1e-5)
 
@@ -113,7 +113,7 @@ def test_trained_run_beats_uniform(loaded_tiny):
     assert result["tokens"] == sum(len(line.split()) + 1 for line in open(loaded_tiny.config.valid))
     assert result["perplexity"] < len(loaded_tiny.vocabulary) / 3
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
-    assert result["unknown_words"] == 0
+    assert result["num_unknown_words"] == 0
 
 
 def test_run_trained_in_bfloat16_evaluates_on_a_machine_without_it(tiny_run, tmp_path):

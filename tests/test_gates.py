@@ -1,47 +1,33 @@
 """The numpy reference cell (gates.py) against the trained model, stock Keras, and `lstmlm inspect`."""
 
 import json
-import random
+import shutil
 
 import keras
 import numpy as np
 import pytest
+from helpers import numpy, png_size
 
 from lstmlm import torch_backend
 from lstmlm.cli import main
 from lstmlm.errors import LstmlmError
 from lstmlm.gates import TRACE_NAMES, split_weights, to_float64, trace_gates
-from lstmlm.inspect import inspect_text
-from lstmlm.language_model import load
+from lstmlm.inspection import inspect_text
 from lstmlm.lstm import lstm_loop
 
-TEXT = "the cat sat on a mat and he saw a big red house zebra"
+TEXT = "the cat sees a fish today the dog chases the ball zebra"  # the toy grammar's words, and one unknown
+LENGTH = len(TEXT.split()) + 1  # with the leading <eos>
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A 2-epoch tiny run (2 layers of 16 units, about 2 s)."""
-    from lstmlm.presets import preset
-    from lstmlm.training import train
-
-    folder = tmp_path_factory.mktemp("gates")
-    rng = random.Random(1)
-    words = "the cat sat on a mat dog ran to park and he she saw big small red house".split()
-    for name, lines in (("train.txt", 300), ("valid.txt", 40)):
-        text = "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(4, 10))) for _ in range(lines))
-        (folder / name).write_text(text + "\n", encoding="utf-8")
-    config = preset("tiny", train=str(folder / "train.txt"), valid=str(folder / "valid.txt"), epochs=2,
-                    hidden_size=16)
-    return train(config, out=folder / "run", progress=False, log=lambda s: None)
+def run_dir(tiny_run):
+    """The session's tiny run (2 layers of 16 units); read-only."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
-def language_model(run_dir):
-    return load(run_dir)
-
-
-def numpy(tensor):
-    return np.asarray(torch_backend.to_numpy(tensor), dtype=np.float64)
+def language_model(loaded_tiny):
+    return loaded_tiny
 
 
 def test_split_weights_follows_the_keras_layout(language_model):
@@ -58,7 +44,7 @@ def test_split_weights_follows_the_keras_layout(language_model):
 def test_reference_cell_reproduces_every_layer_of_the_model(language_model):
     model = language_model.model
     ids, _, unknown = language_model.encode_prompt(TEXT)
-    assert unknown == ["zebra"] and len(ids) == 15  # <eos> + 14 words
+    assert unknown == ["zebra"] and len(ids) == LENGTH == 13  # <eos> + 12 words
     traces = trace_gates(model, ids)
     assert len(traces) == 2
     token_ids = keras.ops.convert_to_tensor(np.asarray(ids, dtype=np.int32)[None, :])
@@ -66,7 +52,7 @@ def test_reference_cell_reproduces_every_layer_of_the_model(language_model):
         x = model.embedding(token_ids)  # (1, time, embedding_size)
         for layer, trace in zip(model.lstm_layers, traces):
             assert set(trace) == set(TRACE_NAMES)
-            assert all(trace[name].shape == (15, 16) for name in TRACE_NAMES)
+            assert all(trace[name].shape == (LENGTH, 16) for name in TRACE_NAMES)
             x, (h, c) = layer(x)  # the fused kernel the model trains and predicts with
             np.testing.assert_allclose(trace["hidden_state"], numpy(x[0]), atol=1e-5)
             np.testing.assert_allclose(trace["hidden_state"][-1], numpy(h[0]), atol=1e-5)
@@ -108,6 +94,7 @@ def test_inspect_json_matches_the_reference_cell(run_dir, language_model, capsys
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert "zebra" in captured.err  # the unknown-word note goes to stderr, stdout is only JSON
+    assert result["unknown_words"] == ["zebra"]
     assert (result["layer"], result["num_layers"], result["hidden_size"], result["units"]) == (1, 2, 16, 5)
     ids, _, _ = language_model.encode_prompt(TEXT)
     words = [p["word"] for p in result["positions"]]
@@ -130,21 +117,18 @@ def test_inspect_defaults_last_layer_and_all_units(language_model):
     assert inspect_text(language_model, "the cat")["units"] == 16  # default 32, fewer units exist
 
 
-def png_size(path):
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-
-
 def test_inspect_writes_the_heatmap(run_dir, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "gates.png"
-    assert main(["inspect", str(run_dir), "--text", "the cat sat on a mat", "--units", "8", "--out", str(out)]) == 0
+    assert main(["inspect", str(run_dir), "--text", "the cat sees a fish", "--units", "8", "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     width, height = png_size(out)
     assert 600 <= width <= 2000 and 400 <= height <= 2000
-    assert main(["inspect", str(run_dir), "--text", "the cat"]) == 0
-    assert png_size(run_dir / "plots" / "inspect-layer-2.png")[0] >= 600
+    copy = tmp_path / "run"  # without --out the heatmap goes into the run directory: a copy of the shared one
+    shutil.copytree(run_dir, copy)
+    assert main(["inspect", str(copy), "--text", "the cat"]) == 0
+    assert capsys.readouterr().out.strip() == str(copy / "plots" / "inspect-layer-2.png")
+    assert png_size(copy / "plots" / "inspect-layer-2.png")[0] >= 600
 
 
 def test_inspect_user_errors(run_dir, language_model, capsys):

@@ -5,6 +5,7 @@ import pytest
 from keras import ops
 
 from lstmlm.errors import LstmlmError
+from lstmlm.language_model import join_words
 from lstmlm.samplers import softmax
 from lstmlm.tokenize import EOS, UNK
 
@@ -17,25 +18,36 @@ def all_logits(model, ids):
 
 @pytest.mark.parametrize("prompt", ["the cat", "", "my friend likes"])
 def test_greedy_equals_argmax_over_the_growing_sequence(loaded_tiny, prompt):
-    result = loaded_tiny.generate(prompt, words=12, temperature=0)
+    result = loaded_tiny.generate(prompt, num_words=12, temperature=0)
     ids, words, unknown = loaded_tiny.encode_prompt(prompt)
-    assert result["prompt_words"] == words and unknown == [] and result["unknown"] == []
+    assert result["prompt_words"] == words and unknown == [] and result["unknown_words"] == []
     expected = []
     for _ in range(12):
         next_id = int(np.argmax(all_logits(loaded_tiny, ids)))
         expected.append(loaded_tiny.vocabulary.words[next_id])
         ids = ids + [next_id]
     assert result["words"] == expected
-    assert result["text"] == " ".join(expected).replace(f" {EOS} ", "\n").replace(f" {EOS}", "\n") \
-        .replace(f"{EOS} ", "\n").replace(EOS, "\n")
+    assert result["text"] == join_words(expected)
     # greedy ignores the seed
-    assert loaded_tiny.generate(prompt, words=12, temperature=0, seed=99)["words"] == expected
+    assert loaded_tiny.generate(prompt, num_words=12, temperature=0, seed=99)["words"] == expected
+
+
+@pytest.mark.parametrize("words, text", [
+    ([], ""),
+    (["the", "cat"], "the cat"),
+    (["the", "cat", EOS, "a", "dog"], "the cat\na dog"),
+    ([EOS, "a", "dog", EOS], "\na dog\n"),
+    (["a", EOS, EOS, "b"], "a\n\nb"),
+    ([EOS, EOS], "\n\n"),
+])
+def test_join_words_writes_eos_as_newlines(words, text):
+    assert join_words(words) == text
 
 
 def test_seeded_sampling_is_reproducible(loaded_tiny):
-    a = loaded_tiny.generate("the dog", words=30, temperature=1.0, seed=5)
-    b = loaded_tiny.generate("the dog", words=30, temperature=1.0, seed=5)
-    c = loaded_tiny.generate("the dog", words=30, temperature=1.0, seed=6)
+    a = loaded_tiny.generate("the dog", num_words=30, temperature=1.0, seed=5)
+    b = loaded_tiny.generate("the dog", num_words=30, temperature=1.0, seed=5)
+    c = loaded_tiny.generate("the dog", num_words=30, temperature=1.0, seed=6)
     assert a == b
     assert a["words"] != c["words"]
     assert len(a["words"]) == 30 and set(a["words"]) <= set(loaded_tiny.vocabulary.words)
@@ -43,7 +55,7 @@ def test_seeded_sampling_is_reproducible(loaded_tiny):
 
 @pytest.mark.parametrize("top_k", [1, 2, 3])
 def test_top_k_words_are_within_the_top_k_at_each_step(loaded_tiny, top_k):
-    result = loaded_tiny.generate("a bird", words=15, temperature=1.0, top_k=top_k, seed=3)
+    result = loaded_tiny.generate("a bird", num_words=15, temperature=1.0, top_k=top_k, seed=3)
     ids = loaded_tiny.encode_prompt("a bird")[0]
     for word in result["words"]:
         logits = all_logits(loaded_tiny, ids)
@@ -52,11 +64,11 @@ def test_top_k_words_are_within_the_top_k_at_each_step(loaded_tiny, top_k):
         assert rank < top_k, f"{word!r} has rank {rank}"
         ids = ids + [next_id]
     if top_k == 1:
-        assert result["words"] == loaded_tiny.generate("a bird", words=15, temperature=0)["words"]
+        assert result["words"] == loaded_tiny.generate("a bird", num_words=15, temperature=0)["words"]
 
 
 def test_top_p_words_are_within_the_nucleus(loaded_tiny):
-    result = loaded_tiny.generate("the teacher", words=15, top_p=0.6, seed=1)
+    result = loaded_tiny.generate("the teacher", num_words=15, top_p=0.6, seed=1)
     ids = loaded_tiny.encode_prompt("the teacher")[0]
     for word in result["words"]:
         probabilities = softmax(all_logits(loaded_tiny, ids))
@@ -71,11 +83,11 @@ def test_predict_next_is_sorted_softmax(loaded_tiny):
     ids = loaded_tiny.encode_prompt("the cat")[0]
     probabilities = softmax(all_logits(loaded_tiny, ids))
     order = np.argsort(-probabilities, kind="stable")[:5]
-    assert [entry["word"] for entry in result["words"]] == [loaded_tiny.vocabulary.words[i] for i in order]
-    np.testing.assert_allclose([entry["probability"] for entry in result["words"]], probabilities[order],
+    assert [entry["word"] for entry in result["predictions"]] == [loaded_tiny.vocabulary.words[i] for i in order]
+    np.testing.assert_allclose([entry["probability"] for entry in result["predictions"]], probabilities[order],
                                rtol=1e-5)
     # after "the cat" the toy grammar always has a verb
-    assert result["words"][0]["word"] in {"sees", "likes", "finds", "chases", "hears", "wants"}
+    assert result["predictions"][0]["word"] in {"sees", "likes", "finds", "chases", "hears", "wants"}
 
 
 def test_prompt_lookup_and_unknown_words(loaded_tiny):
@@ -86,22 +98,29 @@ def test_prompt_lookup_and_unknown_words(loaded_tiny):
     assert ids == [vocabulary.index[EOS], vocabulary.index["the"], vocabulary.index["cat"], vocabulary.unk_id,
                    vocabulary.index["sees"]]
     result = loaded_tiny.predict_next("zorblax qwerty", top_k=3)
-    assert result["unknown"] == ["zorblax", "qwerty"] and len(result["words"]) == 3
+    assert result["unknown_words"] == ["zorblax", "qwerty"]
+    assert len(result["predictions"]) == 3
 
 
 def test_score_matches_predict(loaded_tiny):
     scored = loaded_tiny.score("the cat sees")
-    assert scored["tokens"] == 3 and [w["word"] for w in scored["words"]] == ["the", "cat", "sees"]
-    p_sees = {w["word"]: w["probability"] for w in loaded_tiny.predict_next("the cat", top_k=100)["words"]}["sees"]
-    assert scored["words"][2]["log_probability"] == pytest.approx(np.log(p_sees), rel=1e-5)
+    assert scored["tokens"] == 3 and [w["word"] for w in scored["word_scores"]] == ["the", "cat", "sees"]
+    p_sees = {w["word"]: w["probability"] for w in loaded_tiny.predict_next("the cat", top_k=100)["predictions"]}["sees"]
+    assert scored["word_scores"][2]["log_probability"] == pytest.approx(np.log(p_sees), rel=1e-5)
     assert scored["perplexity"] == pytest.approx(np.exp(-scored["total_log_probability"] / 3))
 
 
 def test_bad_generation_arguments(loaded_tiny):
     with pytest.raises(LstmlmError, match="temperature"):
-        loaded_tiny.generate("the", words=3, temperature=-1)
-    with pytest.raises(LstmlmError, match="--words"):
-        loaded_tiny.generate("the", words=-1)
+        loaded_tiny.generate("the", num_words=3, temperature=-1)
+    with pytest.raises(LstmlmError, match="--num-words"):
+        loaded_tiny.generate("the", num_words=-1)
     with pytest.raises(LstmlmError, match="--top-k"):
         loaded_tiny.predict_next("the", top_k=0)
-    assert loaded_tiny.generate("the", words=0)["words"] == []
+    assert loaded_tiny.generate("the", num_words=0)["words"] == []
+
+
+def test_deprecated_words_keyword_still_works(loaded_tiny):
+    with pytest.warns(DeprecationWarning, match="num_words"):
+        old = loaded_tiny.generate("the", words=4, temperature=0)
+    assert old == loaded_tiny.generate("the", num_words=4, temperature=0) and len(old["words"]) == 4

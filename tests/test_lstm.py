@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from helpers import numpy
 from keras import ops
 
 from lstmlm import torch_backend
@@ -29,10 +30,6 @@ def inputs(seed=0):
     h = rng.normal(size=(BATCH, UNITS)).astype("float32") * 0.5
     c = rng.normal(size=(BATCH, UNITS)).astype("float32") * 0.5
     return x, h, c
-
-
-def numpy(tensor):
-    return ops.convert_to_numpy(ops.stop_gradient(tensor))
 
 
 def reference_numpy(x, h, c, kernel, recurrent_kernel, bias):

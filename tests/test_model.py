@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from helpers import numpy
 from keras import ops
 
 import lstmlm
@@ -24,10 +25,6 @@ def make(**overrides):
 
 def token_ids(batch=3, time=9, seed=0):
     return ops.convert_to_tensor(np.random.default_rng(seed).integers(0, VOCAB, (batch, time)), dtype="int32")
-
-
-def numpy(tensor):
-    return ops.convert_to_numpy(ops.stop_gradient(tensor))
 
 
 def test_shapes_and_call_returns_logits():
@@ -64,12 +61,22 @@ def test_config_round_trip():
     assert not np.array_equal(make(seed=3).get_weights()[0], make(seed=4).get_weights()[0])
 
 
+def test_the_keras_classes_are_registered_for_safe_mode_loading():
+    """`.keras` files name the classes "lstmlm>LSTMLanguageModel" and "lstmlm>LSTM"; loading in safe mode finds
+    them only through Keras' registry (filled when `import lstmlm` imports lstmlm.model and lstmlm.lstm)."""
+    from lstmlm.lstm import LSTM
+
+    for cls, name in ((LSTMLanguageModel, "lstmlm>LSTMLanguageModel"), (LSTM, "lstmlm>LSTM")):
+        assert keras.saving.get_registered_name(cls) == name
+        assert keras.saving.get_registered_object(name) is cls
+    assert lstmlm.LSTMLanguageModel is keras.saving.get_registered_object("lstmlm>LSTMLanguageModel")
+
+
 @pytest.mark.parametrize("tie", [False, True])
 def test_save_and_load_model_gives_identical_predictions(tmp_path, tie):
     model = make(tie_weights=tie, init_scale=0.2, dropout=0.3)
     path = tmp_path / "model.keras"
     model.save(path)
-    assert lstmlm.LSTMLanguageModel is LSTMLanguageModel
     loaded = keras.saving.load_model(path, safe_mode=True)
     assert type(loaded) is LSTMLanguageModel
     assert loaded.get_config() == model.get_config()

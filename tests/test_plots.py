@@ -1,10 +1,10 @@
 """`lstmlm plot` (training curves as PNG) and the TensorBoard scalars, on a tiny trained run."""
 
-import random
-import struct
+import shutil
 import sys
 
 import pytest
+from helpers import png_size, tensorboard_installed
 
 from lstmlm.cli import main
 from lstmlm.errors import LstmlmError
@@ -13,41 +13,10 @@ pytest.importorskip("matplotlib")
 from lstmlm.plots import FIGURES, plot_history  # noqa: E402
 
 
-def tensorboard_installed():
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def write_corpus(folder):
-    rng = random.Random(0)
-    words = "the cat sat on a mat dog ran to park and he she saw big small red house".split()
-    for name, lines in (("train.txt", 300), ("valid.txt", 40)):
-        text = "\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(4, 10))) for _ in range(lines))
-        (folder / name).write_text(text + "\n", encoding="utf-8")
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A 2-epoch tiny run (about 2 s), with TensorBoard logs when the package is there."""
-    from lstmlm.presets import preset
-    from lstmlm.training import train
-
-    folder = tmp_path_factory.mktemp("plots")
-    write_corpus(folder)
-    config = preset("tiny", train=str(folder / "train.txt"), valid=str(folder / "valid.txt"), epochs=2,
-                    hidden_size=16, tensorboard=tensorboard_installed())
-    return train(config, out=folder / "run", progress=False, log=lambda s: None)
-
-
-def png_size(path):
-    """(width, height) from the PNG header; fails unless the file starts like a PNG."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert data[12:16] == b"IHDR"
-    return struct.unpack(">II", data[16:24])
+def run_dir(tiny_run):
+    """The session's tiny run (3 epochs, with TensorBoard logs when the package is there); read-only."""
+    return tiny_run
 
 
 def test_plot_history_writes_one_png_per_figure(run_dir, tmp_path):
@@ -60,11 +29,13 @@ def test_plot_history_writes_one_png_per_figure(run_dir, tmp_path):
         assert path.stat().st_size > 10_000  # lines, labels and titles, not an empty canvas
 
 
-def test_plot_command_defaults_to_run_plots_folder(run_dir, capsys):
-    assert main(["plot", str(run_dir)]) == 0
+def test_plot_command_defaults_to_run_plots_folder(run_dir, tmp_path, capsys):
+    copy = tmp_path / "run"  # the command writes into the run directory: a copy of the shared one
+    shutil.copytree(run_dir, copy)
+    assert main(["plot", str(copy)]) == 0
     printed = capsys.readouterr().out.split()
-    assert printed == [str(run_dir / "plots" / name) for name in FIGURES]
-    assert png_size(run_dir / "plots" / "loss.png") == (700, 450)
+    assert printed == [str(copy / "plots" / name) for name in FIGURES]
+    assert png_size(copy / "plots" / "loss.png") == (700, 450)
 
 
 def test_plot_without_history_is_a_one_line_error(tmp_path, capsys):
@@ -106,9 +77,10 @@ def test_training_with_tensorboard_logs_the_history(run_dir):
 
     scalars = read_scalars(run_dir / "tensorboard")
     history = read_history(run_dir / "history.csv")
+    assert len(history) == 3
     assert sorted(scalars) == sorted(HISTORY_FIELDS[1:])
     for field in HISTORY_FIELDS[1:]:
-        assert [step for step, _ in scalars[field]] == [1, 2]
+        assert [step for step, _ in scalars[field]] == [1, 2, 3]
         for (_, value), row in zip(scalars[field], history):
             assert value == pytest.approx(row[field], rel=1e-6)  # stored as float32
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_config, tree_digest, write_corpus
+from helpers import tiny_config, tree_digest, write_corpus
 
 from lstmlm import run_directory as rd
 from lstmlm.config import Config

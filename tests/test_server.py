@@ -1,8 +1,8 @@
 """`lstmlm serve`: the JSON API through a real uvicorn server on a free loopback port.
 
 The numbers the server returns must be the library's numbers (`LanguageModel.predict_next`, `generate`,
-`score`); every bad request must be a 4xx with a JSON body, never a 500. The fixtures here are also used by
-tests/test_browser.py.
+`score`); every bad request must be a 4xx with a JSON body, never a 500. The server (conftest's `server_url`)
+serves the session's `tiny_run`, trained on the toy grammar of tests/helpers.py.
 """
 
 import json
@@ -22,50 +22,19 @@ httpx = pytest.importorskip("httpx", reason="the test extra (httpx) is not insta
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 
+from helpers import serving  # noqa: E402
+
 from lstmlm.errors import LstmlmError  # noqa: E402
-from lstmlm.server import Limits, create_app, listen, make_server  # noqa: E402
+from lstmlm.server import Limits, create_app, listen  # noqa: E402
 
-SENTENCES = ["the cat sat on the mat", "the dog ate the bone", "a bird sang in the tree", "the market rose today"]
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """A run directory trained for one epoch on a toy corpus (about 2 seconds)."""
-    import random
-
-    from lstmlm.presets import preset
-    from lstmlm.training import train
-
-    folder = tmp_path_factory.mktemp("serve")
-    rng = random.Random(0)
-    for name, lines in (("train", 300), ("valid", 40)):
-        (folder / f"{name}.txt").write_text("\n".join(rng.choice(SENTENCES) for _ in range(lines)) + "\n")
-    config = preset("tiny", train=str(folder / "train.txt"), valid=str(folder / "valid.txt"), epochs=1,
-                    hidden_size=16)
-    return train(config, out=folder / "run", progress=False, log=lambda line: None)
+SENTENCES = ["the cat sees the ball", "my friend likes a fish today", "a bird hears the river",
+             "our neighbour wants some bread"]  # the toy grammar's
 
 
 @pytest.fixture(scope="session")
-def language_model(tiny_run):
-    from lstmlm.language_model import load
-
-    return load(tiny_run)
-
-
-@pytest.fixture(scope="session")
-def server_url(language_model):
-    """The base URL of a uvicorn server (in a thread) serving the tiny model; stopped after the session."""
-    sock = listen("127.0.0.1", 0)
-    server = make_server(create_app(language_model), log_level="warning")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
+def language_model(loaded_tiny):
+    """The library's answers to compare with (the server holds its own copy of the same run)."""
+    return loaded_tiny
 
 
 @pytest.fixture
@@ -75,13 +44,14 @@ def client(server_url):
 
 
 # ---- the endpoints --------------------------------------------------------------------------------------
-def test_health_describes_the_loaded_model(client, language_model):
+def test_health_describes_the_loaded_model(client, language_model, tiny_run):
     health = client.get("/health").json()
     assert health["status"] == "ok"
-    assert health["model"] == "run"  # the run directory's name, not its full path
+    assert health["model"] == tiny_run.name == "tiny"  # the run directory's name, not its full path
     assert health["vocabulary_size"] == len(language_model.vocabulary)
     assert health["parameters"] == language_model.model.count_params()
     assert health["limits"] == Limits().__dict__
+    assert health["default_num_words"] == 30
 
 
 def test_openapi_schema_lists_the_versioned_endpoints(client):
@@ -91,10 +61,11 @@ def test_openapi_schema_lists_the_versioned_endpoints(client):
 
 
 def test_next_matches_the_library_sorted_and_at_most_one(client, language_model):
-    answer = client.post("/v1/next", json={"text": "the cat sat on", "top_k": 5})
+    answer = client.post("/v1/next", json={"text": "the cat sees", "top_k": 5})
     assert answer.status_code == 200
-    words = answer.json()["words"]
-    expected = language_model.predict_next("the cat sat on", top_k=5)["words"]
+    assert answer.json() == language_model.predict_next("the cat sees", top_k=5)  # the library's dict, as it is
+    words = answer.json()["predictions"]
+    expected = language_model.predict_next("the cat sees", top_k=5)["predictions"]
     assert [w["word"] for w in words] == [w["word"] for w in expected]
     assert [w["probability"] for w in words] == pytest.approx([w["probability"] for w in expected], abs=1e-12)
     probabilities = [w["probability"] for w in words]
@@ -104,55 +75,122 @@ def test_next_matches_the_library_sorted_and_at_most_one(client, language_model)
 
 def test_next_over_the_whole_vocabulary_sums_to_one(client, language_model):
     size = len(language_model.vocabulary)
-    words = client.post("/v1/next", json={"text": "a bird", "top_k": 100}).json()["words"]
+    words = client.post("/v1/next", json={"text": "a bird", "top_k": 100}).json()["predictions"]
     assert len(words) == min(size, 100)
     assert sum(w["probability"] for w in words) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_next_reports_unknown_words(client):
     answer = client.post("/v1/next", json={"text": "the zebra"}).json()
-    assert answer["unknown"] == ["zebra"] and len(answer["words"]) == 5
+    assert answer["unknown_words"] == ["zebra"] and len(answer["predictions"]) == 5
 
 
 def test_generate_same_seed_same_text(client, language_model):
-    request = {"prompt": "the dog", "words": 12, "temperature": 1.0, "top_k": 5, "seed": 7}
+    request = {"prompt": "the dog", "num_words": 12, "temperature": 1.0, "top_k": 5, "seed": 7}
     first, second = (client.post("/v1/generate", json=request).json() for _ in range(2))
     assert first["text"] == second["text"] and len(first["words"]) == 12
-    library = language_model.generate("the dog", words=12, temperature=1.0, top_k=5, seed=7)
-    assert first["words"] == library["words"] and first["text"] == library["text"]
+    library = language_model.generate("the dog", num_words=12, temperature=1.0, top_k=5, seed=7)
+    assert first == library  # the library's dict, as it is
 
 
 def test_generate_greedy_needs_no_seed(client, language_model):
-    answer = client.post("/v1/generate", json={"prompt": "a bird", "words": 6, "temperature": 0}).json()
-    assert answer["words"] == language_model.generate("a bird", words=6, temperature=0)["words"]
+    answer = client.post("/v1/generate", json={"prompt": "a bird", "num_words": 6, "temperature": 0}).json()
+    assert answer["words"] == language_model.generate("a bird", num_words=6, temperature=0)["words"]
+
+
+def test_generate_defaults_to_default_num_words(client):
+    from lstmlm.language_model import DEFAULT_NUM_WORDS
+
+    assert len(client.post("/v1/generate", json={"temperature": 0}).json()["words"]) == DEFAULT_NUM_WORDS
 
 
 def test_score_total_is_the_sum_and_perplexity_follows(client, language_model):
-    answer = client.post("/v1/score", json={"text": "the cat sat on the mat"}).json()
-    values = [w["log_probability"] for w in answer["words"]]
-    assert [w["word"] for w in answer["words"]] == "the cat sat on the mat".split()
+    answer = client.post("/v1/score", json={"text": "the cat sees the ball"}).json()
+    values = [w["log_probability"] for w in answer["word_scores"]]
+    assert [w["word"] for w in answer["word_scores"]] == "the cat sees the ball".split()
     assert all(v < 0 for v in values)
-    assert answer["tokens"] == 6
+    assert answer["tokens"] == 5
     assert answer["total_log_probability"] == pytest.approx(sum(values), abs=1e-9)
-    assert answer["perplexity"] == pytest.approx(math.exp(-answer["total_log_probability"] / 6), rel=1e-9)
-    library = language_model.score("the cat sat on the mat")
+    assert answer["perplexity"] == pytest.approx(math.exp(-answer["total_log_probability"] / 5), rel=1e-9)
+    library = language_model.score("the cat sees the ball")
     assert answer["total_log_probability"] == pytest.approx(library["total_log_probability"], abs=1e-9)
+    assert list(answer) == list(library) == ["word_scores", "total_log_probability", "tokens", "perplexity",
+                                              "unknown_words"]
 
 
-def test_concurrent_requests_get_the_sequential_answers(server_url, language_model):
-    """Model calls are serialized by a lock: answers under concurrency equal the one-at-a-time answers."""
-    texts = [" ".join(SENTENCES[i % 4].split()[: 1 + i % 5]) for i in range(24)]
-    expected = {t: language_model.predict_next(t, 3)["words"] for t in texts}
+class OverlapCounter:
+    """A LanguageModel stand-in that counts how many of its model calls run at the same time.
 
-    def ask(text):
-        with httpx.Client(base_url=server_url, timeout=30) as client:
-            return text, client.post("/v1/next", json={"text": text, "top_k": 3}).json()["words"]
+    Each call holds the model for a few milliseconds more than it needs (a sleep releases the GIL), so that
+    without the server's lock concurrent requests would be inside the model together.
+    """
 
-    with ThreadPoolExecutor(8) as pool:
-        for text, words in pool.map(ask, texts):
-            assert [w["word"] for w in words] == [w["word"] for w in expected[text]]
-            assert [w["probability"] for w in words] == pytest.approx(
-                [w["probability"] for w in expected[text]], abs=1e-9)
+    def __init__(self, language_model, hold_seconds=0.005):
+        self.language_model, self.hold_seconds = language_model, hold_seconds
+        self.inside = self.most_inside = self.calls = 0
+        self.counting = threading.Lock()
+
+    def __getattr__(self, name):  # run, vocabulary, model, config: what create_app reads
+        return getattr(self.language_model, name)
+
+    def _counted(self, method, *args, **kwargs):
+        with self.counting:
+            self.inside += 1
+            self.calls += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            time.sleep(self.hold_seconds)
+            return getattr(self.language_model, method)(*args, **kwargs)
+        finally:
+            with self.counting:
+                self.inside -= 1
+
+    def predict_next(self, *args, **kwargs):
+        return self._counted("predict_next", *args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self._counted("generate", *args, **kwargs)
+
+    def score(self, *args, **kwargs):
+        return self._counted("score", *args, **kwargs)
+
+
+def test_concurrent_requests_are_serialized_and_get_the_answers_given_alone(tiny_run):
+    """The server holds one lock around every model call: 8 clients at once never have two calls inside the
+    model together, and every answer equals the same request's answer when it was alone. (Without the lock
+    this fails: several calls run at once.)"""
+    from lstmlm.language_model import load
+
+    model = OverlapCounter(load(tiny_run))
+    requests = []
+    for i in range(24):
+        words = SENTENCES[i % 4].split()[: 1 + i % 5]
+        kind = i % 3
+        if kind == 0:
+            requests.append(("/v1/next", {"text": " ".join(words), "top_k": 3}))
+        elif kind == 1:
+            requests.append(("/v1/generate", {"prompt": " ".join(words), "num_words": 4, "seed": i, "top_k": 5}))
+        else:
+            requests.append(("/v1/score", {"text": " ".join(words)}))
+    with serving(create_app(model)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        alone = [client.post(path, json=body).json() for path, body in requests]  # one at a time
+        assert model.most_inside == 1
+
+        per_thread, opened = threading.local(), []  # one client (connection) per thread
+
+        def ask(request):
+            if not hasattr(per_thread, "client"):
+                per_thread.client = httpx.Client(base_url=url, timeout=60)
+                opened.append(per_thread.client)
+            return per_thread.client.post(request[0], json=request[1]).json()
+
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(ask, requests))
+        for own_client in opened:
+            own_client.close()
+    assert model.calls == 2 * len(requests)
+    assert model.most_inside == 1, f"{model.most_inside} model calls ran at the same time"
+    assert together == alone  # exactly, every float
 
 
 def test_the_page_is_served_and_self_contained(client):
@@ -174,8 +212,9 @@ BAD_REQUESTS = [
     ("/v1/next", {"text": "the", "topk": 3}, 422, "topk"),  # a misspelt field is not ignored
     ("/v1/next", {"text": "x" * 10_001}, 422, "text"),
     ("/v1/next", {"text": "a " * 1_001}, 422, "1001 words"),
-    ("/v1/generate", {"words": 501}, 422, "words"),
-    ("/v1/generate", {"words": -1}, 422, "words"),
+    ("/v1/generate", {"num_words": 501}, 422, "num_words"),
+    ("/v1/generate", {"num_words": -1}, 422, "num_words"),
+    ("/v1/generate", {"words": 5}, 422, "words"),  # the old name is an unknown field, not silently ignored
     ("/v1/generate", {"temperature": -0.5}, 422, "temperature"),
     ("/v1/generate", {"temperature": 11}, 422, "temperature"),
     ("/v1/generate", {"top_p": 0}, 422, "top_p"),
@@ -242,7 +281,7 @@ def test_busy_port_is_one_clear_error():
 
 
 @pytest.mark.slow
-def test_cli_serves_until_ctrl_c(tiny_run):
+def test_cli_serves_until_ctrl_c(tiny_run):  # serves the shared run read-only
     """`lstmlm serve RUN --port 0` in a subprocess: prints its URL, answers, stops on Ctrl-C with status 130
     (the CLI's Ctrl-C status) after uvicorn's graceful shutdown."""
     process = subprocess.Popen([sys.executable, "-m", "lstmlm", "serve", str(tiny_run), "--port", "0",
@@ -258,7 +297,7 @@ def test_cli_serves_until_ctrl_c(tiny_run):
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
-        assert health.json()["model"] == "run"
+        assert health.json()["model"] == tiny_run.name
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 130
         assert process.stderr.read().strip().endswith("lstmlm: interrupted")

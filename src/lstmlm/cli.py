@@ -1,14 +1,16 @@
 """The `lstmlm` command: a thin layer over the importable functions.
 
     lstmlm train     [--preset NAME] [--config FILE] [--FIELD VALUE ...] [--out RUN_DIR | --resume RUN_DIR]
-    lstmlm evaluate  RUN_DIR [--split valid|test | --file FILE] [--json]
+    lstmlm evaluate  RUN_DIR [--split valid|test | --file FILE] [--evaluation-batch-size N] [--json]
     lstmlm predict   RUN_DIR --text "..." [--top-k K] [--json]  |  RUN_DIR --split test --skip 40 --count 10
-    lstmlm generate  RUN_DIR [--prompt "..."] [--words N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
+    lstmlm generate  RUN_DIR [--prompt "..."] [--num-words N] [--temperature T] [--top-k K] [--top-p P]
+                     [--seed S] [--json]
     lstmlm serve | plot | inspect  (see their --help)
 
-Results go to stdout, progress and notes to stderr. A bad argument or file gives one line,
-`lstmlm: error: ...`, and exit status 2; Ctrl-C exits with 130, SIGTERM with 143, SIGHUP with 129 (training
-saves a resumable checkpoint first).
+Results go to stdout, progress and notes to stderr. `--json` prints the library's result dict as it is
+(`LanguageModel.evaluate`, `predict_next`, `generate`): the same keys as the server's JSON. A bad argument or
+file gives one line, `lstmlm: error: ...`, and exit status 2; Ctrl-C exits with 130, SIGTERM with 143, SIGHUP
+with 129 (training saves a resumable checkpoint first).
 """
 
 import argparse
@@ -20,7 +22,7 @@ import typing
 
 from lstmlm.errors import LstmlmError
 
-EXTRA_VERBS = {"serve": "lstmlm.server", "plot": "lstmlm.plots", "inspect": "lstmlm.inspect",
+EXTRA_VERBS = {"serve": "lstmlm.server", "plot": "lstmlm.plots", "inspect": "lstmlm.inspection",
                "download": "lstmlm.download"}
 
 
@@ -151,13 +153,28 @@ def _print_actual_vs_predicted(model, split, skip, count, as_json=False):
         print("Predicted words: " + " ".join(result["predicted"]))
 
 
+class DeprecatedAlias(argparse.Action):
+    """An old flag that still works: stores into the new flag's dest and says so on stderr (hidden from --help)."""
+
+    def __init__(self, option_strings, dest, replacement, **kwargs):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"lstmlm: note: {option_string} is deprecated, use {self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def add_evaluate(subparsers):
     parser = subparsers.add_parser("evaluate", help="perplexity and accuracy of a run on a split or file")
     parser.add_argument("run_dir")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--split", choices=["train", "valid", "test"], help="a split of the run's corpus (default test)")
     where.add_argument("--file", help="any UTF-8 text file")
-    parser.add_argument("--batch-size", type=int, default=1, help="parallel streams (1 = exact, state carried)")
+    parser.add_argument("--evaluation-batch-size", type=int, default=1,
+                        help="parallel streams (1 = exact, state carried)")
+    parser.add_argument("--batch-size", dest="evaluation_batch_size", type=int, action=DeprecatedAlias,
+                        replacement="--evaluation-batch-size")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=run_evaluate)
 
@@ -165,11 +182,11 @@ def add_evaluate(subparsers):
 def run_evaluate(args):
     from lstmlm.language_model import load
 
-    if args.batch_size <= 0:
-        raise LstmlmError(f"--batch-size must be positive, got {args.batch_size}")
-    result = load(args.run_dir).evaluate(split=args.split or "test", file=args.file, batch_size=args.batch_size)
-    keys = ["split", "tokens", "loss", "perplexity", "accuracy", "top5_accuracy"]
-    print(json.dumps({k: result[k] for k in keys}) if args.json else format_evaluation(result))
+    if args.evaluation_batch_size <= 0:
+        raise LstmlmError(f"--evaluation-batch-size must be positive, got {args.evaluation_batch_size}")
+    result = load(args.run_dir).evaluate(split=args.split or "test", file=args.file,
+                                         evaluation_batch_size=args.evaluation_batch_size)
+    print(json.dumps(result) if args.json else format_evaluation(result))
     return 0
 
 
@@ -202,20 +219,24 @@ def run_predict(args):
         _print_actual_vs_predicted(model, args.split, args.skip, args.count, args.json)
         return 0
     result = model.predict_next(args.text, args.top_k)
-    _warn_unknown(result["unknown"])
+    _warn_unknown(result["unknown_words"])
     if args.json:
-        print(json.dumps({"words": result["words"]}))
+        print(json.dumps(result))
     else:
-        for entry in result["words"]:
+        for entry in result["predictions"]:
             print(f"{entry['probability']:.4f}  {entry['word']}")
     return 0
 
 
 def add_generate(subparsers):
+    from lstmlm.language_model import DEFAULT_NUM_WORDS
+
     parser = subparsers.add_parser("generate", help="continue a prompt word by word")
     parser.add_argument("run_dir")
     parser.add_argument("--prompt", default="", help="words to start from (default: a new sentence)")
-    parser.add_argument("--words", type=int, default=50, help="how many words to generate")
+    parser.add_argument("--num-words", type=int, default=DEFAULT_NUM_WORDS,
+                        help=f"how many words to generate (default {DEFAULT_NUM_WORDS})")
+    parser.add_argument("--words", dest="num_words", type=int, action=DeprecatedAlias, replacement="--num-words")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0 = all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1 = off)")
@@ -227,10 +248,11 @@ def add_generate(subparsers):
 def run_generate(args):
     from lstmlm.language_model import load
 
-    result = load(args.run_dir).generate(args.prompt, args.words, args.temperature, args.top_k, args.top_p, args.seed)
-    _warn_unknown(result["unknown"])
+    result = load(args.run_dir).generate(args.prompt, args.num_words, args.temperature, args.top_k, args.top_p,
+                                         args.seed)
+    _warn_unknown(result["unknown_words"])
     if args.json:
-        print(json.dumps({"prompt": args.prompt, "text": result["text"], "words": result["words"]}))
+        print(json.dumps(result))
     else:
         print((" ".join(result["prompt_words"]) + " " if result["prompt_words"] else "") + result["text"])
     return 0

@@ -4,9 +4,9 @@ The text is read as one stream with the LSTM state carried from chunk to chunk (
 the result does not depend on the chunk length. The text is preceded by `<eos>` (a file starts at a sentence
 boundary), so every one of its tokens is predicted and counted: PTB test = 82,430 tokens.
 
-With `batch_size` > 1 the text is cut into that many parallel streams (faster); each stream but the first then
-starts from a zero state, which changes the result slightly. The tokens left over by the cut are scored too,
-continuing the last stream's state, so the token count is the same.
+With `evaluation_batch_size` > 1 the text is cut into that many parallel streams (faster); each stream but the
+first then starts from a zero state, which changes the result slightly. The tokens left over by the cut are
+scored too, continuing the last stream's state, so the token count is the same.
 """
 
 import math
@@ -41,14 +41,14 @@ def _run_stream(model, inputs, targets, states, chunk_length, totals):
     return states
 
 
-def evaluate_ids(model, ids, vocabulary=None, batch_size=1, chunk_length=256, precision="float32"):
+def evaluate_ids(model, ids, vocabulary=None, evaluation_batch_size=1, chunk_length=256, precision="float32"):
     """Score a text given as ids.
 
     Args:
         model: an LSTMLanguageModel.
         ids: the text as ids (1-D).
         vocabulary: if given and it has `<eos>`, the text is preceded by `<eos>` so its first token is scored.
-        batch_size: parallel streams (1 = exact).
+        evaluation_batch_size: parallel streams (1 = exact).
         chunk_length: time steps per forward call (does not change the result).
     Returns:
         dict with tokens, loss (nats), perplexity, accuracy, top5_accuracy, seconds.
@@ -60,7 +60,7 @@ def evaluate_ids(model, ids, vocabulary=None, batch_size=1, chunk_length=256, pr
         raise ValueError("need at least one token to score")
     started = time.perf_counter()
     totals = [0.0, 0.0, 0.0]
-    batch_size = max(1, min(batch_size, len(ids) - 1))
+    batch_size = max(1, min(evaluation_batch_size, len(ids) - 1))
     length = (len(ids) - 1) // batch_size
     with torch_backend.no_grad(), torch_backend.precision_context(precision):
         inputs = ids[: batch_size * length].reshape(batch_size, length)
@@ -78,10 +78,20 @@ def evaluate_ids(model, ids, vocabulary=None, batch_size=1, chunk_length=256, pr
             "top5_accuracy": totals[2] / tokens, "seconds": time.perf_counter() - started}
 
 
-def evaluate(run, split="test", file=None, batch_size=1, chunk_length=256):
+def evaluate(run, split="test", file=None, evaluation_batch_size=1, chunk_length=256):
     """Evaluate a loaded run on a split of its own corpus (bundled) or on any text file.
 
     The corpus is re-read from its recorded source only when `split` is used; with `file`, only that file.
+
+    Args:
+        run: a loaded run (`lstmlm.run_directory.load_run`).
+        split: "train", "valid" or "test" of the run's corpus (ignored when `file` is given).
+        file: any UTF-8 text file instead of a split.
+        evaluation_batch_size: parallel streams (1 = exact, the state carried over the whole text).
+        chunk_length: time steps per forward call (does not change the result).
+    Returns:
+        {"split" (the split or the file's path), "tokens", "loss" (nats), "perplexity", "accuracy",
+        "top5_accuracy", "seconds", "num_unknown_words" (the text's words, with repeats, read as <unk>)}.
     """
     from lstmlm.corpus import read_split
     from lstmlm.tokenize import read_words
@@ -93,6 +103,6 @@ def evaluate(run, split="test", file=None, batch_size=1, chunk_length=256):
     precision = torch_backend.resolve_precision(run.config.precision)
     if precision == "bfloat16" and not torch_backend.bfloat16_supported():
         precision = "float32"  # trained in bfloat16 elsewhere (a GPU); this machine has no bfloat16 kernels
-    result = evaluate_ids(run.model, run.vocabulary.encode(words), run.vocabulary, batch_size, chunk_length,
-                          precision)
-    return {"split": name, **result, "unknown_words": len(run.vocabulary.unknown(words))}
+    result = evaluate_ids(run.model, run.vocabulary.encode(words), run.vocabulary, evaluation_batch_size,
+                          chunk_length, precision)
+    return {"split": name, **result, "num_unknown_words": len(run.vocabulary.unknown(words))}

@@ -7,6 +7,7 @@ found becomes `<unk>` and is reported. Every prompt is preceded by `<eos>`: the 
 
 import math
 import string
+import warnings
 
 import numpy as np
 from keras import ops
@@ -17,6 +18,8 @@ from lstmlm.run_directory import load_run
 from lstmlm.samplers import make_sampler, softmax
 from lstmlm.tokenize import EOS, UNK, split_words
 
+DEFAULT_NUM_WORDS = 30  # words `generate` adds when not told: the CLI, the API, the server and the web page
+
 
 class LanguageModel:
     """A loaded run directory.
@@ -24,7 +27,7 @@ class LanguageModel:
     Example:
         >>> model = load("runs/ptb-small")                          # doctest: +SKIP
         >>> model.predict_next("the stock market", top_k=3)       # doctest: +SKIP
-        {'words': [{'word': 'is', 'probability': 0.09}, ...], 'unknown': []}
+        {'predictions': [{'word': 'is', 'probability': 0.09}, ...], 'unknown_words': []}
     """
 
     def __init__(self, run):
@@ -81,7 +84,10 @@ class LanguageModel:
 
     # ---- the public verbs -----------------------------------------------------------------------------
     def predict_next(self, text, top_k=5):
-        """The top_k most likely next words with probabilities, most likely first."""
+        """The top_k most likely next words with probabilities, most likely first.
+
+        Returns {"predictions": [{"word", "probability"}], "unknown_words": [the prompt's words read as <unk>]}.
+        """
         if top_k <= 0:
             raise LstmlmError(f"--top-k must be positive, got {top_k}")
         ids, _, unknown = self.encode_prompt(text)
@@ -89,16 +95,22 @@ class LanguageModel:
         top_k = min(top_k, len(probabilities))
         top = np.argpartition(-probabilities, top_k - 1)[:top_k]  # the k largest, then sorted
         top = top[np.argsort(-probabilities[top], kind="stable")]
-        return {"words": [{"word": self.vocabulary.words[i], "probability": float(probabilities[i])} for i in top],
-                "unknown": unknown}
+        return {"predictions": [{"word": self.vocabulary.words[i], "probability": float(probabilities[i])}
+                                for i in top],
+                "unknown_words": unknown}
 
-    def generate(self, prompt="", words=50, temperature=1.0, top_k=0, top_p=1.0, seed=None):
+    def generate(self, prompt="", num_words=DEFAULT_NUM_WORDS, temperature=1.0, top_k=0, top_p=1.0, seed=None, *,
+                 words=None):
         """Continue the prompt word by word, carrying the LSTM state (each step feeds one word).
 
-        Returns {"prompt_words", "words", "text", "unknown"}; `text` is the generated words with <eos> as newlines.
+        Returns {"prompt_words", "words", "text", "unknown_words"}: `words` are the num_words generated words,
+        `text` the same with <eos> as newlines. `words=` is the deprecated name of `num_words`.
         """
-        if words < 0:
-            raise LstmlmError(f"--words must be >= 0, got {words}")
+        if words is not None:
+            warnings.warn("generate(words=...) is deprecated; use num_words=", DeprecationWarning, stacklevel=2)
+            num_words = words
+        if num_words < 0:
+            raise LstmlmError(f"--num-words must be >= 0, got {num_words}")
         try:
             sampler = make_sampler(temperature, top_k, top_p)
         except ValueError as error:
@@ -108,14 +120,18 @@ class LanguageModel:
         out = []
         with torch_backend.cached_weights(self._weight_copies):
             logits, states = self._forward(ids)
-            for _ in range(words):
+            for _ in range(num_words):
                 index = sampler(logits, rng)
                 out.append(self.vocabulary.words[index])
                 logits, states = self._forward([index], states)
-        return {"prompt_words": prompt_words, "words": out, "text": join_words(out), "unknown": unknown}
+        return {"prompt_words": prompt_words, "words": out, "text": join_words(out), "unknown_words": unknown}
 
     def score(self, text):
-        """Log-probability (nats) of every word of `text` given the words before it (and a leading <eos>)."""
+        """Log-probability (nats) of every word of `text` given the words before it (and a leading <eos>).
+
+        Returns {"word_scores": [{"word", "log_probability"}], "total_log_probability", "tokens", "perplexity",
+        "unknown_words"}.
+        """
         ids, words, unknown = self.encode_prompt(text)
         if len(ids) < 2:
             raise LstmlmError("score: the text has no words")
@@ -123,14 +139,17 @@ class LanguageModel:
         log_probs = log_probs - np.logaddexp.reduce(log_probs, axis=-1, keepdims=True)
         values = [float(log_probs[t, ids[t + 1]]) for t in range(len(ids) - 1)]
         total = float(sum(values))
-        return {"words": [{"word": w, "log_probability": v} for w, v in zip(words, values)],
+        return {"word_scores": [{"word": w, "log_probability": v} for w, v in zip(words, values)],
                 "total_log_probability": total, "tokens": len(values),
-                "perplexity": math.exp(-total / len(values)), "unknown": unknown}
+                "perplexity": math.exp(-total / len(values)), "unknown_words": unknown}
 
-    def evaluate(self, split="test", file=None, batch_size=1, chunk_length=256):
+    def evaluate(self, split="test", file=None, evaluation_batch_size=1, chunk_length=256):
+        """`lstmlm.evaluate.evaluate` on this run: {"split", "tokens", "loss", "perplexity", "accuracy",
+        "top5_accuracy", "seconds", "num_unknown_words"}."""
         from lstmlm.evaluate import evaluate
 
-        return evaluate(self.run, split=split, file=file, batch_size=batch_size, chunk_length=chunk_length)
+        return evaluate(self.run, split=split, file=file, evaluation_batch_size=evaluation_batch_size,
+                        chunk_length=chunk_length)
 
     def actual_vs_predicted(self, ids, skip=40, count=10):
         """The tutorial's report: for windows of num_steps words starting at skip, skip+1, ..., the word that
@@ -149,6 +168,12 @@ class LanguageModel:
 
 
 def join_words(words):
+    r"""The words as text: separated by spaces, each <eos> written as a newline (without spaces around it).
+
+    Example:
+        >>> join_words(["the", "cat", "<eos>", "a", "dog", "<eos>"])
+        'the cat\na dog\n'
+    """
     return " ".join(words).replace(f" {EOS} ", "\n").replace(f" {EOS}", "\n").replace(f"{EOS} ", "\n") \
         .replace(EOS, "\n")
 

@@ -108,6 +108,8 @@ class LSTMLanguageModel(keras.Model):
         Returns:
             logits (batch, time or 1, vocabulary_size) and the new states.
         """
+        if not self.built:  # a new model called here before model(x) or build(): create its weights first
+            self.build()
         seed = self.seed_generator
 
         def run(layer, *args, **kwargs):

@@ -125,7 +125,7 @@ def load_run(path, model_file=MODEL):
 
     Example:
         >>> run = load_run("runs/small")          # doctest: +SKIP
-        >>> run.model.vocabulary_size == len(run.vocabulary)
+        >>> run.model.vocabulary_size == len(run.vocabulary)   # doctest: +SKIP
         True
     """
     path = check_run_directory(path)

@@ -1,11 +1,16 @@
 """`lstmlm serve RUN_DIR`: next-word suggestions, generation and scoring over HTTP, and a web page.
 
     GET  /             the page (src/lstmlm/web/index.html: suggestions as you type, continue, score)
-    GET  /health       model name, vocabulary size, parameter count, limits
-    POST /v1/next      {"text", "top_k"}                                       -> {"words": [{word, probability}]}
-    POST /v1/generate  {"prompt", "words", "temperature", "top_k", "top_p", "seed"} -> {"text", "words"}
-    POST /v1/score     {"text"}                -> {"words": [{word, log_probability}], total, tokens, perplexity}
+    GET  /health       model name, vocabulary size, parameter count, default_num_words, limits
+    POST /v1/next      {"text", "top_k"} -> {"predictions": [{"word", "probability"}], "unknown_words"}
+    POST /v1/generate  {"prompt", "num_words", "temperature", "top_k", "top_p", "seed"}
+                       -> {"prompt_words", "words", "text", "unknown_words"}
+    POST /v1/score     {"text"} -> {"word_scores": [{"word", "log_probability"}], "total_log_probability",
+                                    "tokens", "perplexity", "unknown_words"}
     GET  /openapi.json the schema (FastAPI), GET /docs its browsable form
+
+Every answer is the library's result dict as it is (`LanguageModel.predict_next`, `generate`, `score`), so
+the keys are those of `lstmlm predict/generate --json`.
 
 The model is loaded once, before the server listens; requests name no files. Keras/torch model calls are not
 thread-safe, so every call holds one lock (FastAPI runs the endpoints in a thread pool). Every error a client
@@ -32,14 +37,14 @@ class Limits:
     """What one request may ask for. Bounds keep one request from holding the model for long.
 
     Example:
-        >>> Limits(max_words=100).max_top_k
+        >>> Limits(max_num_words=100).max_top_k
         100
     """
 
     max_request_bytes: int = 64 * 1024
     max_text_characters: int = 10_000
     max_text_words: int = 1_000
-    max_words: int = 500  # /v1/generate: words to generate
+    max_num_words: int = 500  # /v1/generate: words to generate
     max_top_k: int = 100
     max_temperature: float = 10.0
 
@@ -48,6 +53,8 @@ class Limits:
 def _request_models(limits):
     """Pydantic models of the three request bodies, bounded by `limits` (built per app: limits may differ)."""
     from pydantic import BaseModel, ConfigDict, Field
+
+    from lstmlm.language_model import DEFAULT_NUM_WORDS
 
     # extra="forbid": a misspelt field ("topk") is an error, not silently the default.
     strict = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -61,7 +68,8 @@ def _request_models(limits):
     class GenerateRequest(BaseModel):
         model_config = strict
         prompt: str = Field("", description="words to continue (empty: a new sentence)", **text_field)
-        words: int = Field(30, ge=0, le=limits.max_words, description="how many words to generate")
+        num_words: int = Field(DEFAULT_NUM_WORDS, ge=0, le=limits.max_num_words,
+                               description="how many words to generate")
         temperature: float = Field(1.0, ge=0, le=limits.max_temperature, description="0 = greedy")
         top_k: int = Field(0, ge=0, le=limits.max_top_k, description="sample among the k most likely (0 = all)")
         top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling threshold (1 = off)")
@@ -152,6 +160,8 @@ def create_app(language_model, limits=Limits()):
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException
 
+    from lstmlm.language_model import DEFAULT_NUM_WORDS
+
     NextRequest, GenerateRequest, ScoreRequest = _request_models(limits)
     lock = threading.Lock()
     page = resources.files("lstmlm").joinpath("web/index.html").read_text(encoding="utf-8")
@@ -159,7 +169,8 @@ def create_app(language_model, limits=Limits()):
     health = {"status": "ok", "model": model_name, "vocabulary_size": len(language_model.vocabulary),
               "parameters": int(language_model.model.count_params()),
               "hidden_size": language_model.config.hidden_size, "num_layers": language_model.config.num_layers,
-              "lowercase": language_model.config.lowercase, "limits": dataclasses.asdict(limits)}
+              "lowercase": language_model.config.lowercase, "default_num_words": DEFAULT_NUM_WORDS,
+              "limits": dataclasses.asdict(limits)}
 
     app = FastAPI(title="lstmlm", version=__import__("lstmlm").__version__,
                   description=f"Next-word suggestions, generation and scoring with the LSTM model {model_name!r}.")
@@ -194,28 +205,31 @@ def create_app(language_model, limits=Limits()):
 
     @app.get("/health")
     def get_health():
-        """The loaded model: name (the run directory's), vocabulary size, parameters, and the request limits."""
+        """The loaded model: name (the run directory's), vocabulary size, parameters, hidden_size, num_layers,
+        lowercase, default_num_words (what /v1/generate generates when not told) and the request limits."""
         return health
 
     @app.post("/v1/next")
     def next_words(request: NextRequest):
-        """The `top_k` most likely next words after `text`, most likely first."""
+        """The `top_k` most likely next words after `text`, most likely first: {"predictions": [{"word",
+        "probability"}], "unknown_words"}."""
         _check_word_count(request.text, limits)
         with lock:
             return language_model.predict_next(request.text, request.top_k)
 
     @app.post("/v1/generate")
     def generate(request: GenerateRequest):
-        """Continue `prompt` by `words` words; the same seed (and settings) gives the same text."""
+        """Continue `prompt` by `num_words` words: {"prompt_words", "words", "text", "unknown_words"}; the same
+        seed (and settings) gives the same text."""
         _check_word_count(request.prompt, limits)
         with lock:
-            result = language_model.generate(request.prompt, request.words, request.temperature, request.top_k,
-                                             request.top_p, request.seed)
-        return {"prompt": request.prompt, **result}
+            return language_model.generate(request.prompt, request.num_words, request.temperature, request.top_k,
+                                           request.top_p, request.seed)
 
     @app.post("/v1/score")
     def score(request: ScoreRequest):
-        """Log-probability (nats) of each word given the words before it; total, tokens, perplexity."""
+        """Log-probability (nats) of each word given the words before it: {"word_scores": [{"word",
+        "log_probability"}], "total_log_probability", "tokens", "perplexity", "unknown_words"}."""
         _check_word_count(request.text, limits)
         with lock:
             return language_model.score(request.text)
@@ -226,12 +240,15 @@ def create_app(language_model, limits=Limits()):
 # ---- listening ------------------------------------------------------------------------------------------
 def listen(host, port):
     """A listening TCP socket, so that a busy port is one clear error (and port 0 picks a free one)."""
+    sock = None
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError as error:
+        if sock is not None:
+            sock.close()  # not left to the garbage collector (a ResourceWarning)
         raise LstmlmError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
     sock.listen(128)
     return sock

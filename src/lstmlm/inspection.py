@@ -30,11 +30,11 @@ def inspect_text(language_model, text, layer=None, units=32):
 
     Args:
         language_model: a `lstmlm.language_model.LanguageModel` (from `load(run_dir)`).
-        text: the words to read; unknown words are read as <unk> and listed under "unknown".
+        text: the words to read; unknown words are read as <unk> and listed under "unknown_words".
         layer: 1-based LSTM layer; None = the last.
         units: how many units to report (the first ones); 0 or None = all.
     Returns:
-        {"layer", "num_layers", "hidden_size", "units" (how many reported), "unknown",
+        {"layer", "num_layers", "hidden_size", "units" (how many reported), "unknown_words",
          "positions": [{"word", "top_prediction", "input_gate": [units floats], "forget_gate", "cell_input",
                         "output_gate", "cell_state", "hidden_state"}, ...]}, one position per word read,
         the leading <eos> first.
@@ -67,7 +67,7 @@ def inspect_text(language_model, text, layer=None, units=32):
             position[name] = [round(float(v), 6) for v in trace[name][t, :shown]]
         positions.append(position)
     return {"layer": layer, "num_layers": num_layers, "hidden_size": model.hidden_size, "units": shown,
-            "unknown": unknown, "positions": positions}
+            "unknown_words": unknown, "positions": positions}
 
 
 def plot_gates(result, path, title=None):
@@ -136,8 +136,8 @@ def run_inspect(args):
     from lstmlm.language_model import load
 
     result = inspect_text(load(args.run_dir), args.text, args.layer, args.units)
-    if result["unknown"]:
-        print(f"note: not in the vocabulary, read as <unk>: {' '.join(result['unknown'])}", file=sys.stderr)
+    if result["unknown_words"]:
+        print(f"note: not in the vocabulary, read as <unk>: {' '.join(result['unknown_words'])}", file=sys.stderr)
     out = args.out
     if out is None and not args.json:
         out = Path(args.run_dir) / "plots" / f"inspect-layer-{result['layer']}.png"
