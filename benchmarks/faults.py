@@ -166,7 +166,7 @@ def main(argv=None):
     run_seconds = time.time() - started
     steps = int(next(line for line in completed.stderr.splitlines() if "batches per epoch" in line)
                 .split(" batches per epoch")[0].rsplit(", ", 1)[1].replace(",", "")) * args.epochs
-    ranges = {"step": steps, "write": 4 * args.epochs + 6, "validation": args.epochs + 1,
+    ranges = {"step": steps, "write": 4 * args.epochs + 6, "validation": args.epochs,
               "before_state": args.epochs + 2}
     kinds = KINDS[:4] if args.quick else [KINDS[i % len(KINDS)] for i in range(args.kills)]
     rows = []

@@ -2,7 +2,8 @@
 
     checkpoints/model-NN.keras     the model after epoch NN (every epoch; --keep-checkpoints N keeps the newest N)
     checkpoints/interrupted.keras  the resumable mid-epoch checkpoint (Ctrl-C, SIGTERM, SIGHUP, and every
-                                   --checkpoint-minutes; only the newest is kept)
+                                   --checkpoint-minutes; only the newest is kept); the next one goes to
+                                   interrupted-1.keras, then back: a file state.json names is never overwritten
     checkpoints/optimizer-TAG.npz  the optimizer state belonging to model-TAG / TAG.keras
     checkpoints/states-TAG.npz     the LSTM states of a mid-epoch checkpoint (stream batching)
     model.keras                    the best-validation model
@@ -10,7 +11,8 @@
     state.json                     where training stands: names the checkpoint, optimizer and states files
 
 Every file is written atomically (lstmlm.files), and state.json is written last, after every file it names: a
-crash at any moment leaves state.json naming a complete, consistent set, and the files of the previous set are
+crash at any moment leaves state.json naming a complete, consistent set. No write replaces a file the current
+state.json names (mid-epoch checkpoints alternate between two names), and the files of the previous set are
 deleted only after the new state.json is in place.
 """
 
@@ -37,6 +39,8 @@ class Checkpoints:
     def __init__(self, run_dir, keep=0):
         self.run_dir = Path(run_dir)
         self.keep = keep
+        state = self.run_dir / rd.STATE
+        self.named = rd.read_json(state)["checkpoint"] if state.exists() else None  # what state.json names
 
     @staticmethod
     def epoch_file(epoch):
@@ -56,6 +60,8 @@ class Checkpoints:
     def save_resumable(self, trainer, progress, history, wall_seconds):
         """A mid-epoch checkpoint from which --resume continues exactly where `progress` stands."""
         checkpoint = f"{rd.CHECKPOINTS}/{INTERRUPTED}.keras"
+        if checkpoint == self.named:  # never overwrite the checkpoint state.json names: use the other name
+            checkpoint = f"{rd.CHECKPOINTS}/{INTERRUPTED}-1.keras"
         rd.save_model(trainer.model, self.run_dir / checkpoint, "resumable checkpoint")
         self._save_state(trainer, checkpoint, progress.epoch - 1, progress.batches_done,
                          progress.window_position, progress.sums(), progress.states, history, wall_seconds)
@@ -79,12 +85,14 @@ class Checkpoints:
             "states": states_file, "best_valid_loss": min(valid_losses, default=float("inf")),
             "wall_seconds": wall_seconds, "optimizer_groups": groups, "window_position": window_position,
             "partial_sums": sums}, "training state")
+        self.named = checkpoint
         keep = {optimizer_file, states_file}
         for old in (self.run_dir / rd.CHECKPOINTS).glob("*.npz"):  # only the set state.json names is needed
             if f"{rd.CHECKPOINTS}/{old.name}" not in keep:
                 old.unlink()
-        if batch == 0:  # an epoch checkpoint supersedes any mid-epoch one
-            (self.run_dir / rd.CHECKPOINTS / f"{INTERRUPTED}.keras").unlink(missing_ok=True)
+        for name in (INTERRUPTED, f"{INTERRUPTED}-1"):  # mid-epoch checkpoints that state.json no longer names
+            if f"{rd.CHECKPOINTS}/{name}.keras" != checkpoint:
+                (self.run_dir / rd.CHECKPOINTS / f"{name}.keras").unlink(missing_ok=True)
 
     def _prune(self, epoch):
         if self.keep <= 0:
