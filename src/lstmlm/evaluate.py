@@ -9,13 +9,13 @@ first then starts from a zero state, which changes the result slightly. The toke
 scored too, continuing the last stream's state, so the token count is the same.
 """
 
-import math
 import time
 
 import numpy as np
 from keras import ops
 
 from lstmlm import torch_backend
+from lstmlm.metrics import perplexity
 from lstmlm.tokenize import EOS
 
 
@@ -74,7 +74,7 @@ def evaluate_ids(model, ids, vocabulary=None, evaluation_batch_size=1, chunk_len
                         chunk_length, totals)
     tokens = len(ids) - 1
     loss = totals[0] / tokens
-    return {"tokens": tokens, "loss": loss, "perplexity": math.exp(loss), "accuracy": totals[1] / tokens,
+    return {"tokens": tokens, "loss": loss, "perplexity": perplexity(loss), "accuracy": totals[1] / tokens,
             "top5_accuracy": totals[2] / tokens, "seconds": time.perf_counter() - started}
 
 

@@ -5,7 +5,6 @@ each word is looked up as written, then lower-cased, then without surrounding pu
 found becomes `<unk>` and is reported. Every prompt is preceded by `<eos>`: the model starts it as a sentence.
 """
 
-import math
 import string
 import warnings
 
@@ -14,6 +13,7 @@ from keras import ops
 
 from lstmlm import torch_backend
 from lstmlm.errors import LstmlmError
+from lstmlm.metrics import perplexity
 from lstmlm.run_directory import load_run
 from lstmlm.samplers import make_sampler, softmax
 from lstmlm.tokenize import EOS, UNK, split_words
@@ -141,7 +141,7 @@ class LanguageModel:
         total = float(sum(values))
         return {"word_scores": [{"word": w, "log_probability": v} for w, v in zip(words, values)],
                 "total_log_probability": total, "tokens": len(values),
-                "perplexity": math.exp(-total / len(values)), "unknown_words": unknown}
+                "perplexity": perplexity(-total / len(values)), "unknown_words": unknown}
 
     def evaluate(self, split="test", file=None, evaluation_batch_size=1, chunk_length=256):
         """`lstmlm.evaluate.evaluate` on this run: {"split", "tokens", "loss", "perplexity", "accuracy",
