@@ -77,18 +77,34 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path):
+        """Read a vocab.txt; a damaged one (not UTF-8, a bad line, a repeated word, no <unk>) is one LstmlmError."""
         path = Path(path)
-        words, counts = [], []
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            data = path.read_bytes()
         except FileNotFoundError:
             raise LstmlmError(f"{path}: no such file") from None
-        for number, line in enumerate(lines, 1):
+        except IsADirectoryError:
+            raise LstmlmError(f"{path}: is a directory, expected vocab.txt") from None
+        except OSError as error:
+            raise LstmlmError(f"{path}: cannot read ({error.strerror})") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = data.count(b"\n", 0, error.start) + 1
+            raise LstmlmError(f"{path}: line {line}: bytes that are not UTF-8 (at byte {error.start})") from None
+        words, counts, first_line = [], [], {}
+        for number, line in enumerate(text.splitlines(), 1):
             word, tab, count = line.partition("\t")
-            if not tab or not word or not count.isdigit():
+            # ASCII digits only: str.isdigit() also accepts '²', which int() refuses
+            if not tab or not word or not (count.isascii() and count.isdigit()):
                 raise LstmlmError(f"{path}: line {number}: expected 'word<TAB>count'")
+            if word.split() != [word]:
+                raise LstmlmError(f"{path}: line {number}: the word {word!r} contains whitespace")
+            if word in first_line:
+                raise LstmlmError(f"{path}: line {number}: {word!r} is repeated (first on line {first_line[word]})")
+            first_line[word] = number
             words.append(word)
             counts.append(int(count))
-        if UNK not in words:
+        if UNK not in first_line:
             raise LstmlmError(f"{path}: the vocabulary has no {UNK} entry")
         return cls(words, counts)
