@@ -9,7 +9,10 @@ an explicit input and output, so training can carry it across batches and genera
 Optional regularisation from the literature is off unless configured (see regularization.py).
 """
 
+import numbers
+
 import keras
+import numpy as np
 from keras import ops
 
 from lstmlm.lstm import LSTM
@@ -47,6 +50,11 @@ class LSTMLanguageModel(keras.Model):
                  layer_dropout=0.0, variational=False, embedding_dropout=0.0, weight_drop=0.0, tie_weights=False,
                  init_scale=0.0, fused=True, seed=1, **kwargs):
         super().__init__(**kwargs)
+        _check_arguments(vocabulary_size=vocabulary_size, embedding_size=embedding_size, hidden_size=hidden_size,
+                         num_layers=num_layers, dropout=dropout, input_dropout=input_dropout,
+                         layer_dropout=layer_dropout, embedding_dropout=embedding_dropout, weight_drop=weight_drop,
+                         init_scale=init_scale, variational=variational, tie_weights=tie_weights, fused=fused,
+                         seed=seed)
         self.vocabulary_size = vocabulary_size
         self.embedding_size = embedding_size
         self.hidden_size = hidden_size
@@ -144,6 +152,27 @@ class LSTMLanguageModel(keras.Model):
             "vocabulary_size", "embedding_size", "hidden_size", "num_layers", "dropout", "input_dropout",
             "layer_dropout", "variational", "embedding_dropout", "weight_drop", "tie_weights", "init_scale",
             "fused", "seed")}}
+
+
+def _check_arguments(**values):
+    """The constructor's arguments, checked: a hand-edited or damaged .keras config fails here with a ValueError
+    naming the argument, rather than building a model with a string for a size."""
+    for name in ("vocabulary_size", "embedding_size", "hidden_size", "num_layers"):
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+            raise ValueError(f"LSTMLanguageModel: {name} must be a positive integer, got {value!r}")
+    for name in ("dropout", "input_dropout", "layer_dropout", "embedding_dropout", "weight_drop"):
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+            raise ValueError(f"LSTMLanguageModel: {name} must be a number in [0, 1), got {value!r}")
+    value = values["init_scale"]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"LSTMLanguageModel: init_scale must be a number >= 0, got {value!r}")
+    for name in ("variational", "tie_weights", "fused"):
+        if not isinstance(values[name], (bool, np.bool_)):
+            raise ValueError(f"LSTMLanguageModel: {name} must be true or false, got {values[name]!r}")
+    if isinstance(values["seed"], bool) or not isinstance(values["seed"], numbers.Integral):
+        raise ValueError(f"LSTMLanguageModel: seed must be an integer, got {values['seed']!r}")
 
 
 def build_model(config, vocabulary_size):
