@@ -121,7 +121,7 @@ def test_corrupt_model_file(capsys, tmp_path, untouched):
     broken = tmp_path / "broken"
     shutil.copytree(untouched, broken)
     (broken / "model.keras").write_bytes(b"not a zip file")
-    fails(capsys, ["evaluate", broken], r"model\.keras: cannot load the model")
+    fails(capsys, ["evaluate", broken], r"model\.keras: the model file is damaged \(not a \.keras zip archive")
 
 
 def test_out_pointing_at_an_existing_run(capsys, toy_corpus, untouched):
