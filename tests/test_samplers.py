@@ -1,5 +1,7 @@
 """Samplers on plain logits (no model): greedy, seeded sampling, top-k and top-p restrictions."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -100,3 +102,21 @@ def test_invalid_arguments():
         TopPSampler(1.5)
     with pytest.raises(ValueError):
         RandomSampler(0)
+
+
+def test_settings_that_used_to_be_ignored_or_crash_inside_numpy():
+    """nan / inf temperature failed in rng.choice ('Probabilities contain NaN'); top_p 5 or nan and a negative
+    top_k were silently ignored, and top_k -3 with top_p dropped the 3 least likely words."""
+    for settings in [dict(temperature=math.nan), dict(temperature=math.inf), dict(top_p=5.0), dict(top_p=math.nan),
+                     dict(top_p=0.0), dict(top_k=-1), dict(top_k=-3, top_p=0.5), dict(top_k=2.5)]:
+        with pytest.raises(ValueError, match="temperature|top_k|top_p"):
+            make_sampler(**settings)
+
+
+@pytest.mark.parametrize("temperature", [1e-310, 5e-324, 1e-30])
+def test_tiny_temperature_is_greedy_not_nan(temperature):
+    """logits / 1e-310 overflows to inf and inf - inf is nan; (logits - max) / T does not."""
+    for sampler in (RandomSampler(temperature), TopKSampler(3, temperature), TopPSampler(0.9, temperature)):
+        probabilities = sampler.probabilities(LOGITS * 1e3)
+        assert probabilities.tolist() == [0, 1, 0, 0, 0, 0]
+        assert set(draws(sampler, LOGITS, 50).tolist()) == {1}

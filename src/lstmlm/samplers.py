@@ -6,6 +6,9 @@ the logits are divided by the temperature, restricted to the k most likely words
 smallest set whose probability reaches top_p (nucleus sampling, Holtzman et al. 2020), then sampled.
 """
 
+import math
+import numbers
+
 import numpy as np
 
 
@@ -33,8 +36,8 @@ class RandomSampler:
     """
 
     def __init__(self, temperature=1.0):
-        if temperature <= 0:
-            raise ValueError("temperature must be > 0 (use GreedySampler for 0)")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0 (GreedySampler for 0), got {temperature}")
         self.temperature = temperature
 
     def allowed(self, logits):
@@ -42,7 +45,11 @@ class RandomSampler:
 
     def probabilities(self, logits):
         """The distribution sampled from: zero outside `allowed`, renormalised inside."""
-        logits = np.asarray(logits, dtype=np.float64) / self.temperature
+        logits = np.asarray(logits, dtype=np.float64)
+        # Shift before dividing: (logits - max) / T is <= 0, so a tiny temperature gives -inf (probability 0),
+        # never inf - inf = nan as logits / T would for T = 1e-310.
+        with np.errstate(over="ignore"):  # overflow to -inf is intended: those words get probability 0
+            logits = (logits - logits.max()) / self.temperature
         allowed = self.allowed(logits)
         probabilities = np.zeros(len(logits))
         probabilities[allowed] = softmax(logits[allowed])
@@ -58,8 +65,8 @@ class TopKSampler(RandomSampler):
 
     def __init__(self, k, temperature=1.0):
         super().__init__(temperature)
-        if k <= 0:
-            raise ValueError("k must be > 0")
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0:
+            raise ValueError(f"top_k must be a positive integer, got {k}")
         self.k = k
 
     def allowed(self, logits):
@@ -72,8 +79,10 @@ class TopPSampler(RandomSampler):
 
     def __init__(self, p, temperature=1.0, k=0):
         super().__init__(temperature)
-        if not 0 < p <= 1:
-            raise ValueError("p must be in (0, 1]")
+        if not 0 < p <= 1:  # also refuses nan
+            raise ValueError(f"top_p must be in (0, 1], got {p}")
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = no cut), got {k}")
         self.p, self.k = p, k
 
     def allowed(self, logits):
@@ -85,8 +94,14 @@ class TopPSampler(RandomSampler):
 
 
 def make_sampler(temperature=1.0, top_k=0, top_p=1.0):
-    if temperature < 0:
-        raise ValueError("temperature must be >= 0")
+    """The sampler for these settings; ValueError for a temperature that is negative or not finite, a negative
+    top_k, or a top_p outside (0, 1] (each used to be ignored or to fail later, inside numpy)."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 = all words), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
     if temperature == 0:
         return GreedySampler()
     if top_p < 1.0:
