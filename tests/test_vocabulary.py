@@ -81,3 +81,10 @@ def test_load_rejects_bad_files(tmp_path):
     no_unk.write_text(f"a\t2\n{EOS}\t1\n", encoding="utf-8")
     with pytest.raises(LstmlmError, match="<unk>"):
         Vocabulary.load(no_unk)
+
+
+def test_max_vocab_counts_unk_when_the_corpus_has_exactly_that_many_types():
+    """Found by tests/test_properties.py: 3 types and max_size 3 gave 4 entries (the 3 words and <unk>)."""
+    vocabulary = Vocabulary.build("a a b c".split(), max_size=3)
+    assert vocabulary.words == ["a", UNK, "b"] and vocabulary.counts == [2, 1, 1]
+    assert Vocabulary.build(["a"], max_size=1).words == [UNK]

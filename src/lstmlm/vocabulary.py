@@ -40,7 +40,8 @@ class Vocabulary:
     def build(cls, words, max_size=None):
         counter = collections.Counter(words)
         ordered = sorted(counter.items(), key=lambda item: (-item[1], item[0]))
-        if max_size is not None and len(ordered) > max_size:
+        # <unk> counts towards max_size: a corpus of exactly max_size types without <unk> is cut too
+        if max_size is not None and len(ordered) + (UNK not in counter) > max_size:
             kept, dropped = ordered[: max_size - 1], ordered[max_size - 1 :]
             if UNK not in dict(kept):
                 unk_count = counter.get(UNK, 0) + sum(count for word, count in dropped if word != UNK)
