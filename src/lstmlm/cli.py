@@ -26,9 +26,18 @@ EXTRA_VERBS = {"serve": "lstmlm.server", "plot": "lstmlm.plots", "inspect": "lst
                "download": "lstmlm.download"}
 
 
+def one_line(text):
+    """`text` with its line breaks (any str.splitlines() splits on) escaped: an error is always one line, even
+    when it quotes a file name or argument that holds a newline."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if c in LINE_BREAKS else c for c in str(text))
+
+
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def _field_type(field):
@@ -248,6 +257,8 @@ def add_generate(subparsers):
 def run_generate(args):
     from lstmlm.language_model import load
 
+    if args.seed is not None and args.seed < 0:  # numpy's default_rng refuses it with a ValueError
+        raise LstmlmError(f"--seed must be >= 0, got {args.seed}")
     result = load(args.run_dir).generate(args.prompt, args.num_words, args.temperature, args.top_k, args.top_p,
                                          args.seed)
     _warn_unknown(result["unknown_words"])
@@ -280,7 +291,7 @@ def main(argv=None):
     try:
         return args.run(args)
     except LstmlmError as error:
-        print(f"lstmlm: error: {error}", file=sys.stderr)
+        print(f"lstmlm: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:  # Ctrl-C (130), or SIGTERM (143) / SIGHUP (129) during training
         print(f"lstmlm: {'stopped by ' + interrupt.args[0] if interrupt.args else 'interrupted'}", file=sys.stderr)
