@@ -37,7 +37,12 @@ def download(url, out_dir, sha256=None, max_bytes=2 << 30, timeout=60):
     if parsed.scheme not in ("http", "https") or not name:
         raise LstmlmError(f"{url}: expected an http(s) address of a file")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LstmlmError(f"--out {out_dir}: exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LstmlmError(f"--out {out_dir}: cannot create the folder ({error.strerror or error})") from None
     destination = out_dir / name
     digest = hashlib.sha256()
     size = 0

@@ -80,7 +80,7 @@ def plot_gates(result, path, title=None):
     Returns:
         the path.
     """
-    from lstmlm.plots import import_pyplot
+    from lstmlm.plots import import_pyplot, save_figure
 
     plt = import_pyplot()
     positions, units = result["positions"], result["units"]
@@ -111,11 +111,7 @@ def plot_gates(result, path, title=None):
     figure.suptitle(title or f"LSTM layer {result['layer']} of {result['num_layers']}: gates and cell state per word\n"
                     f"units 0-{units - 1} of {result['hidden_size']}; red, above: the top next-word prediction",
                     fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def add_parser(subparsers):

@@ -63,7 +63,8 @@ def plot_history(run_dir, out=None):
     from matplotlib import ticker
 
     out = Path(out) if out is not None else run_dir / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise LstmlmError(f"--out {out}: exists and is not a folder")
     epochs = [row["epoch"] for row in rows]
     paths = []
     for name, (title, y_label, series, log_y) in FIGURES.items():
@@ -85,10 +86,25 @@ def plot_history(run_dir, out=None):
         if len(series) > 1:
             axes.legend()
         figure.tight_layout()
-        figure.savefig(out / name)
-        plt.close(figure)
-        paths.append(out / name)
+        paths.append(save_figure(figure, out / name))
     return paths
+
+
+def save_figure(figure, path):
+    """Write a matplotlib figure (and close it), its folder created; a path that cannot be written or has an
+    extension matplotlib has no writer for is one LstmlmError."""
+    plt = import_pyplot()
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path)
+    except OSError as error:
+        raise LstmlmError(f"{path}: cannot write ({error.strerror or error})") from None
+    except ValueError as error:  # e.g. "Format 'txt' is not supported"
+        raise LstmlmError(f"{path}: cannot write the figure ({str(error).splitlines()[0]})") from None
+    finally:
+        plt.close(figure)
+    return path
 
 
 def add_parser(subparsers):
