@@ -187,3 +187,21 @@ def test_split_the_run_does_not_have(capsys, toy_corpus, tmp_path):
     fails(capsys, ["predict", out, "--split", "test", "--count", "2"], r"--split test: this run has no test split")
     fails(capsys, ["evaluate", out, "--split", "test"], r"--split test: this run has no test split")
     assert tree_digest(out) == before
+
+
+def test_errors_found_by_the_cli_fuzz(capsys, tmp_path, untouched):
+    """tests/test_properties.py::test_cli_fuzz found these; each was a traceback or a two-line error."""
+    fails(capsys, ["generate", untouched, "--seed", "-1"], r"--seed must be >= 0, got -1")
+    fails(capsys, ["generate", untouched, "--temperature", "nan"], r"temperature must be a finite number >= 0")
+    fails(capsys, ["evaluate", tmp_path / "a\nb"], r"a\\nb: no such run directory")  # one line, newline escaped
+    fails(capsys, ["evaluate", untouched, "--bogus\u2028flag"], r"unrecognized arguments: --bogus\\u2028flag")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x", encoding="utf-8")
+    fails(capsys, ["plot", untouched, "--out", a_file], r"--out .*file\.txt: exists and is not a folder")
+    fails(capsys, ["inspect", untouched, "--text", "the cat", "--out", tmp_path / "gates.txt"],
+          r"gates\.txt: cannot write the figure \(Format 'txt' is not supported")
+    fails(capsys, ["inspect", untouched, "--text", "the cat", "--out", a_file / "gates.png"],
+          r"file\.txt/gates\.png: cannot write")
+    fails(capsys, ["download", "https://192.0.2.1/f.txt", "--out", a_file], r"--out .*file\.txt: exists and is not a "
+                                                                           r"folder")
+    assert a_file.read_text(encoding="utf-8") == "x" and not (tmp_path / "gates.txt").exists()
