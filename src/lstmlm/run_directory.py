@@ -339,7 +339,6 @@ STATE_KEYS = {
     "best_valid_loss": ((int, float), "the best validation loss so far"),
     "wall_seconds": ((int, float), "training time so far"),
     "optimizer_groups": ((list,), "the optimizer's parameter groups"),
-    "schedule": ((dict,), "the learning-rate schedule's state"),
     "window_position": ((int,), "window batching: the generator's position"),
     "partial_sums": ((dict, type(None)), "the interrupted epoch's loss / hits / tokens so far, or null"),
 }
