@@ -12,14 +12,14 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-from conftest import tree_digest
+from helpers import tree_digest
 from test_errors import fails
 
 from lstmlm import run_directory as rd
 from lstmlm.cli import main
 from lstmlm.errors import LstmlmError
 
-VERBS = [["evaluate"], ["predict", "--text", "the cat"], ["generate", "--words", "3", "--seed", "1"]]
+VERBS = [["evaluate"], ["predict", "--text", "the cat"], ["generate", "--num-words", "3", "--seed", "1"]]
 
 
 @pytest.fixture

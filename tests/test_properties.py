@@ -337,8 +337,8 @@ def test_evaluation_does_not_depend_on_the_chunk_length(untrained, ids, chunk_le
     from lstmlm.evaluate import evaluate_ids
 
     model, vocabulary = untrained
-    whole = evaluate_ids(model, ids, vocabulary, batch_size=batch_size, chunk_length=len(ids) + 1)
-    chunked = evaluate_ids(model, ids, vocabulary, batch_size=batch_size, chunk_length=chunk_length)
+    whole = evaluate_ids(model, ids, vocabulary, evaluation_batch_size=batch_size, chunk_length=len(ids) + 1)
+    chunked = evaluate_ids(model, ids, vocabulary, evaluation_batch_size=batch_size, chunk_length=chunk_length)
     assert chunked["tokens"] == whole["tokens"] == len(ids)  # the leading <eos> makes every token count
     assert chunked["loss"] == pytest.approx(whole["loss"], rel=1e-5)
     assert chunked["perplexity"] == pytest.approx(math.exp(whole["loss"]), rel=1e-5)
@@ -450,10 +450,11 @@ TEXTS = st.sampled_from(["the cat", "", "zorblax", "THE Cat.", "\u00e9\u2028x", 
 # flag -> strategy of its value (None: a flag without value)
 VERB_FLAGS = {
     "evaluate": {"--split": st.sampled_from(["train", "valid", "test", "dev"]), "--file": FILES,
-                 "--batch-size": NUMBER, "--json": None},
+                 "--evaluation-batch-size": NUMBER, "--batch-size": NUMBER, "--json": None},
     "predict": {"--text": TEXTS, "--top-k": NUMBER, "--split": st.sampled_from(["valid", "test", "x"]),
                 "--skip": NUMBER, "--count": NUMBER, "--json": None},
-    "generate": {"--prompt": TEXTS, "--words": st.integers(-3, 12).map(str) | GARBAGE, "--temperature": NUMBER,
+    "generate": {"--prompt": TEXTS, "--num-words": st.integers(-3, 12).map(str) | GARBAGE,
+                 "--words": st.integers(-3, 12).map(str), "--temperature": NUMBER,
                  "--top-k": NUMBER, "--top-p": NUMBER, "--seed": NUMBER, "--json": None},
     "inspect": {"--text": TEXTS, "--layer": NUMBER, "--units": NUMBER, "--json": None,
                 "--out": st.sampled_from(["plots/gates.png", "folder", "x/y.png", "gates.txt"])},
@@ -503,8 +504,8 @@ def command_lines(draw):
         argv.append("--print-config")
         if "--resume" not in argv:
             argv += ["--train", "words.txt", "--valid", "words.txt"]
-    if verb == "generate" and "--words" not in argv:
-        argv += ["--words", "3"]
+    if verb == "generate" and "--words" not in argv and "--num-words" not in argv:
+        argv += ["--num-words", "3"]  # the default, 30 words, would make the fuzz slow
     return argv
 
 
@@ -513,8 +514,8 @@ ERROR_LINE = r"^lstmlm( [\w-]+)?: error: "
 
 @bounded(60, seconds=20)
 @given(argv=command_lines())
-@example(argv=["generate", "run", "--seed", "-1", "--words", "2"])
-@example(argv=["generate", "run", "--temperature", "1e-310", "--words", "2"])
+@example(argv=["generate", "run", "--seed", "-1", "--num-words", "2"])
+@example(argv=["generate", "run", "--temperature", "1e-310", "--num-words", "2"])
 @example(argv=["generate", "run", "--top-p", "nan", "--words", "2"])
 @example(argv=["evaluate", "damaged"])
 @example(argv=["predict", "run", "--text", "\udcff"])
