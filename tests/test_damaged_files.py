@@ -332,27 +332,21 @@ def test_read_state_names_the_damaged_file(run, damage, problem):
     assert tree_digest(run) == before
 
 
-# Through the CLI: `train --resume` must give the same one line and write nothing. training.py (the lead's) does
-# not call read_state yet: it writes config.json (the "resumed" entry) before loading the optimizer state and
-# reads state.json's keys unchecked. Marked strict xfail so they start failing (XPASS) once it does: then
-# remove the marks.
-CALLS_READ_STATE = pytest.mark.xfail(strict=True, reason="training.py's resume does not call read_state yet")
-
-
+# Through the CLI: `train --resume` gives the same one line as read_state and writes nothing.
 @pytest.mark.parametrize("damage, problem", [
     pytest.param(lambda run: (run / "checkpoints" / "optimizer-03.npz").unlink(),
-                 r"optimizer-03\.npz: named in state\.json as the optimizer state but missing", marks=CALLS_READ_STATE,
+                 r"optimizer-03\.npz: named in state\.json as the optimizer state but missing",
                  id="optimizer-missing"),
     pytest.param(lambda run: (run / "checkpoints" / "optimizer-03.npz").write_bytes(b"PK\x03\x04"),
-                 r"optimizer-03\.npz: damaged array file", marks=CALLS_READ_STATE, id="optimizer-damaged"),
+                 r"optimizer-03\.npz: damaged array file", id="optimizer-damaged"),
     pytest.param(lambda run: edit_json(run / "state.json", lambda state: state.pop("optimizer")),
-                 r"state\.json: missing 'optimizer'", marks=CALLS_READ_STATE, id="key-missing"),
+                 r"state\.json: missing 'optimizer'", id="key-missing"),
     pytest.param(lambda run: edit_json(run / "config.json", lambda info: info.update(format_version=99)),
-                 r"config\.json: written by a newer lstmlm \(format 99", marks=CALLS_READ_STATE, id="newer-format"),
+                 r"config\.json: written by a newer lstmlm \(format 99", id="newer-format"),
     pytest.param(lambda run: (run / "checkpoints" / "model-03.keras").write_bytes(bytes(1000)),
                  r"model-03\.keras: the model file is damaged", id="checkpoint-zeroed"),
     pytest.param(lambda run: (run / "vocab.txt").write_bytes(b"caf\xe9\t1\n"),
-                 r"vocab\.txt: line 1: bytes that are not UTF-8", marks=CALLS_READ_STATE, id="vocabulary"),
+                 r"vocab\.txt: line 1: bytes that are not UTF-8", id="vocabulary"),
 ])
 def test_resume_from_a_damaged_run(capsys, run, damage, problem):
     damage(run)

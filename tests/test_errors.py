@@ -207,8 +207,6 @@ def test_errors_found_by_the_cli_fuzz(capsys, tmp_path, untouched):
     assert a_file.read_text(encoding="utf-8") == "x" and not (tmp_path / "gates.txt").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="config.load_config_values (the lead's file) catches only FileNotFoundError "
-                                       "and JSONDecodeError; remove this mark when it reads like read_json")
 @pytest.mark.parametrize("content", [b'{"hidden_size": 8, "note": "caf\xe9"}', None], ids=["latin-1", "folder"])
 def test_config_file_not_utf8_or_a_folder(capsys, tmp_path, content):
     path = tmp_path / "config.json"

@@ -99,7 +99,7 @@ def test_sigterm_inside_a_step_saves_a_resumable_checkpoint(longer_corpus, unbro
     process = start_training(fault_config(longer_corpus), out, failpoint="step:52:SIGTERM")
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 143, stderr
-    assert "40 batches per epoch" in stderr and "SIGTERM: stopped in epoch 2 after 12 batches" in stderr and f"lstmlm train --resume {out}" in stderr
+    assert "40 batches per epoch" in stderr and "stopped by SIGTERM in epoch 2 after 12 batches" in stderr and f"lstmlm train --resume {out}" in stderr
     assert "Traceback" not in stderr and stderr.rstrip().endswith("lstmlm: stopped by SIGTERM")
     state = json.loads((out / rd.STATE).read_text())
     assert (state["epoch"], state["batch"], state["checkpoint"]) == (1, 12, "checkpoints/interrupted.keras")

@@ -294,7 +294,8 @@ def main(argv=None):
         print(f"lstmlm: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:  # Ctrl-C (130), or SIGTERM (143) / SIGHUP (129) during training
-        print(f"lstmlm: {'stopped by ' + interrupt.args[0] if interrupt.args else 'interrupted'}", file=sys.stderr)
+        status = getattr(interrupt, "exit_status", 130)
+        print(f"lstmlm: {'interrupted' if status == 130 else 'stopped by ' + interrupt.args[0]}", file=sys.stderr)
         return getattr(interrupt, "exit_status", 130)
 
 

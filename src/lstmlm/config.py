@@ -176,8 +176,12 @@ def load_config_values(path):
         values = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LstmlmError(f"{path}: no such file") from None
+    except UnicodeDecodeError as error:
+        raise LstmlmError(f"{path}: not UTF-8 text (at byte {error.start})") from None
     except json.JSONDecodeError as error:
         raise LstmlmError(f"{path}: not valid JSON ({error})") from None
+    except OSError as error:  # a folder, no permission
+        raise LstmlmError(f"{path}: cannot read ({error.strerror})") from None
     if not isinstance(values, dict):
         raise LstmlmError(f"{path}: expected a JSON object of config fields")
     values = rename_deprecated(values.get("config", values))

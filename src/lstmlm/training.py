@@ -14,6 +14,7 @@ device); `Checkpoints` owns the run directory's files; the learning rate is a pu
 import math
 import platform
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from lstmlm.errors import LstmlmError
 from lstmlm.evaluate import evaluate_ids
 from lstmlm.failpoints import failpoint
 from lstmlm.machine import cpu_info
+from lstmlm.metrics import perplexity
 from lstmlm.model import build_model
 from lstmlm.optimizer import load_optimizer_state, make_optimizer, optimizer_state
 from lstmlm.progress import Progress
@@ -49,14 +51,6 @@ def versions():
             "backend": keras.backend.backend(), "python": platform.python_version(),
             "numpy": np.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
             "cpu": cpu_info()}
-
-
-def perplexity(loss):
-    """exp(loss), or inf where that overflows (a diverging run must still print its numbers)."""
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return math.inf
 
 
 # ---- one step --------------------------------------------------------------------------------------------
@@ -328,7 +322,7 @@ class TrainingRun:
         if reason is None:
             self.log(f"checkpoint: {where} (every {self.config.checkpoint_minutes:g} min): {path}")
         else:
-            self.log(f"{reason}: stopped in {where}: saved {path}; continue with: lstmlm train --resume {self.out}")
+            self.log(f"{reason} in {where}: saved {path}; continue with: lstmlm train --resume {self.out}")
 
     def checkpoint_due(self):
         minutes = self.config.checkpoint_minutes
@@ -344,7 +338,7 @@ def open_run(config, out, resume, command):
 
     state, resumed = None, None
     if resume is not None:
-        out, info, config, state = _read_resume(resume, config, command)
+        out, info, config, state, saved_model = _read_resume(resume, config, command)
         resumed = info["resumed"]
     else:
         config.validate()
@@ -366,7 +360,7 @@ def open_run(config, out, resume, command):
             info["resumed"] = resumed
         corpus.vocabulary.save(out / rd.VOCABULARY)
     else:
-        model = rd.load_keras_model(out / state["checkpoint"])
+        model = saved_model
     rd.write_json(out / rd.CONFIG, info, "run config")
     return TrainingRun(config, out, info, state, corpus, model, precision, log=None)
 
@@ -380,9 +374,16 @@ def _read_resume(resume, config, command):
         saved_config.epochs = config.epochs
         info["config"]["epochs"] = config.epochs
     info.setdefault("resumed", []).append(command)
-    if not (out / rd.STATE).exists():  # killed before its first checkpoint: start over from its own config
-        return out, info, saved_config, None
-    return out, info, saved_config, rd.read_json(out / rd.STATE)
+    saved = rd.read_state(out)  # checks state.json and loads every file it names, or one line on what is wrong
+    if saved is None:  # killed before its first checkpoint: start over from its own config
+        # Before its first state.json a run can hold at most epoch 1's files; more means state.json was lost,
+        # and starting over would overwrite finished epochs.
+        epochs = len(rd.read_history(out / rd.HISTORY))
+        if epochs > 1 or (out / Checkpoints.epoch_file(2)).exists():
+            raise LstmlmError(f"--resume {out}: no state.json, nothing to resume ({epochs} epochs in "
+                              f"{rd.HISTORY}: state.json was deleted or damaged)")
+        return out, info, saved_config, None, None
+    return out, info, saved_config, saved.values, saved.model
 
 
 def _check_precision(precision):
@@ -460,7 +461,9 @@ def _epoch_loop(run, progress):
         if bar is not None:
             bar.close()
         clean = getattr(interrupt, "clean", True)
-        name = f"{interrupt.args[0]}" if isinstance(interrupt, signals.Interrupted) else "interrupted"
+        name = "interrupted"  # Ctrl-C, or a KeyboardInterrupt raised by a caller
+        if isinstance(interrupt, signals.Interrupted) and interrupt.signal_number != signal.SIGINT:
+            name = f"stopped by {interrupt.args[0]}"
         if current is not None and current.batches_done > 0 and not current.saved and clean:
             run.save_resumable(current, reason=name)
         elif not clean:
