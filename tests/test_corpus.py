@@ -11,7 +11,7 @@ from lstmlm import corpus as corpus_module
 from lstmlm.config import Config
 from lstmlm.corpus import load_corpus
 from lstmlm.errors import LstmlmError
-from lstmlm.tokenize import EOS, UNK, read_words, words_of_text
+from lstmlm.tokenizer import EOS, UNK, read_words, words_of_text
 
 
 def tutorial_read_words(text):

@@ -12,7 +12,7 @@ from importlib import resources
 import numpy as np
 
 from lstmlm.errors import LstmlmError
-from lstmlm.tokenize import read_words, words_of_text
+from lstmlm.tokenizer import read_words, words_of_text
 from lstmlm.vocabulary import Vocabulary
 
 PTB_SHA256 = {

@@ -16,7 +16,7 @@ import numpy as np
 from keras import ops
 
 from lstmlm import torch_backend
-from lstmlm.tokenize import EOS
+from lstmlm.tokenizer import EOS
 
 
 def _scores(logits, targets):
@@ -94,7 +94,7 @@ def evaluate(run, split="test", file=None, evaluation_batch_size=1, chunk_length
         "top5_accuracy", "seconds", "num_unknown_words" (the text's words, with repeats, read as <unk>)}.
     """
     from lstmlm.corpus import read_split
-    from lstmlm.tokenize import read_words
+    from lstmlm.tokenizer import read_words
 
     if file is not None:
         words, name = read_words(file, run.config.lowercase), str(file)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lstmlm.errors import LstmlmError
 from lstmlm.files import atomic_write_text
-from lstmlm.tokenize import UNK
+from lstmlm.tokenizer import UNK
 
 
 class Vocabulary:
