@@ -9,6 +9,7 @@ on anything across whitespace.
 
 import gzip
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +60,8 @@ class TextSource:
 
     def open(self):
         """The text's bytes as a binary stream, or a one-line LstmlmError."""
-        if self.published_sha256 is not None:
-            return gzip.GzipFile(fileobj=self.path.open("rb"))
+        if self.published_sha256 is not None:  # bundled: a small gzipped resource, maybe inside a zip
+            return gzip.GzipFile(fileobj=io.BytesIO(self.path.read_bytes()))
         path = Path(self.path)
         try:
             return path.open("rb")
