@@ -8,7 +8,7 @@
 For each size a synthetic Zipf corpus is written once into --work (reused while its parameters match): train
 has N tokens, valid and test N/100 each; words are drawn with p(rank) ~ 1/rank over 267,735 types (WikiText-103's
 vocabulary size), lines are ~20 words long. Every load runs in a fresh subprocess that reports its own peak RSS
-(getrusage(RUSAGE_SELF).ru_maxrss), in these modes:
+(VmHWM from /proc/self/status), in these modes:
 
     imports   `import lstmlm.corpus` (without lstmlm/__init__.py's Keras and torch) and nothing else: the baseline
     old       the loader before issue 7 (copied below): whole file -> str -> list of words per split, Counter,
@@ -120,6 +120,18 @@ def old_load_corpus(paths, max_size):
 
 # ---- one measurement in this process (run as a child) -------------------------------------------------------
 def peak_rss_bytes():
+    """This process's peak RSS: VmHWM on Linux (the high-water mark of this program's own memory map).
+
+    Not getrusage's ru_maxrss there: it also counts the parent's RSS when the child was started by vfork (as
+    subprocess does), since Linux carries the old memory map's high-water mark across exec.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
@@ -142,8 +154,8 @@ def measure(mode, paths, cache):
     from lstmlm.corpus import load_corpus
 
     imports_rss = peak_rss_bytes()
-    config = Config(train=str(paths["train"]), valid=str(paths["valid"]), test=str(paths["test"]))
-    setattr(config, "max_vocabulary_size" if hasattr(config, "max_vocabulary_size") else "max_vocab", 0)
+    config = Config(train=str(paths["train"]), valid=str(paths["valid"]), test=str(paths["test"]),
+                    max_vocabulary_size=0)
     started, cpu_started = time.perf_counter(), time.process_time()
     cached = None
     if mode == "imports":
@@ -178,18 +190,12 @@ def run_child(mode, paths, cache, timeout):
 
 # ---- the whole benchmark -------------------------------------------------------------------------------------
 def environment():
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 platform.processor())
-    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")),
-                     []))
-    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "sha_ni"]
+    import_loader_only()
+    from lstmlm.machine import cpu_info
+
     memory = next((int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal")), None) if Path("/proc/meminfo").exists() else None
-    return {"cpu": model, "cpu_flags": {flag: flag in flags for flag in wanted}, "logical_cpus": os.cpu_count(),
+    return {"cpu": cpu_info()["model"], "cpu_flags": cpu_info()["flags"], "logical_cpus": cpu_info()["cores"],
             "memory_bytes": memory, "python": platform.python_version(), "numpy": np.__version__,
             "threads": "1 (the loaders are single-threaded Python)"}
 

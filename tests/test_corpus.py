@@ -159,8 +159,6 @@ def config_for(paths, **fields):
     config = Config(train=str(paths["train"]), valid=str(paths["valid"]), test=str(paths.get("test")) if
                     "test" in paths else None)
     for name, value in fields.items():
-        if name == "max_vocabulary_size" and not hasattr(config, name):
-            name = "max_vocab"  # (until the config field is renamed)
         setattr(config, name, value)
     return config
 
@@ -220,9 +218,7 @@ def test_max_vocabulary_size_0_keeps_every_training_word(tmp_path):
     corpus = load_corpus(config_for(paths, max_vocabulary_size=0), cache=False)
     assert corpus.vocabulary.words == [EOS, "a", "b", "c", "d", "e", "f", "g", UNK]  # ("<" sorts before "a")
     assert corpus["valid"].tolist() == [1, corpus.vocabulary.unk_id, 0]
-    config = Config()
-    setattr(config, "max_vocabulary_size" if hasattr(config, "max_vocabulary_size") else "max_vocab", 0)
-    ptb = load_corpus(config)
+    ptb = load_corpus(Config(max_vocabulary_size=0))
     assert len(ptb.vocabulary) == 10_000  # PTB has exactly 10,000 types (<unk> among them): nothing to fold
 
 

@@ -134,19 +134,17 @@ def test_a_changed_text_or_setting_is_a_new_entry(corpus_files, tmp_path):
     assert changed.cached == {"train": False, "valid": False, "test": False}
     assert as_lists(changed) == as_lists(load_corpus(files_config(corpus_files), cache=False))
 
-    for fields in ({"lowercase": True}, {"max_vocab": 3} if hasattr(Config(), "max_vocab") else
-                   {"max_vocabulary_size": 3}):
+    for fields in ({"lowercase": True}, {"max_vocabulary_size": 3}):
         assert load_quietly(files_config(corpus_files, **fields), cache).cached["train"] is False
         assert load_quietly(files_config(corpus_files, **fields), cache).cached["train"] is True
 
 
 def test_same_vocabulary_shares_the_id_arrays(corpus_files, tmp_path):
-    """The id arrays are keyed by the vocabulary's words: a cap that drops nothing counts train again (another
-    vocabulary key) but reuses valid and test."""
+    """The id arrays are keyed by the vocabulary's words: a cap that drops nothing (1000 against the default 0,
+    every word) counts train again (another vocabulary key) but reuses valid and test."""
     cache = tmp_path / "cache"
     load_quietly(files_config(corpus_files), cache)
-    field = "max_vocab" if hasattr(Config(), "max_vocab") else "max_vocabulary_size"
-    corpus = load_quietly(files_config(corpus_files, **{field: 1000}), cache)
+    corpus = load_quietly(files_config(corpus_files, max_vocabulary_size=1000), cache)
     assert corpus.cached == {"train": False, "valid": True, "test": True}
     assert len(list((cache / "corpus-v1").glob("vocabulary-*.txt"))) == 2
     assert len(list((cache / "corpus-v1").glob("ids-*.npy"))) == 3

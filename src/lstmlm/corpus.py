@@ -73,11 +73,6 @@ def split_sources(config, only=None):
         {split: f"bundled {config.data}.{split}.txt" for split in splits}
 
 
-def max_vocabulary_size(config):
-    """The configured cap on the vocabulary, or None for every training word (a cap of 0 means that too)."""
-    return getattr(config, "max_vocabulary_size", getattr(config, "max_vocab", None)) or None
-
-
 def load_corpus(config, cache=None):
     """Build the vocabulary from train and encode every split (from the cache when it has them).
 
@@ -94,8 +89,8 @@ def load_corpus(config, cache=None):
     sources, descriptions = split_sources(config)
     splits, cached = {}, {}
     with open_cache(cache) as store:
-        vocabulary, splits["train"], cached["train"] = _train_split(sources["train"], config.lowercase,
-                                                                    max_vocabulary_size(config), store)
+        vocabulary, splits["train"], cached["train"] = _train_split(
+            sources["train"], config.lowercase, config.max_vocabulary_size or None, store)  # 0: every word
         for split in ("valid", "test"):
             if split in sources:
                 splits[split], _, cached[split] = _encoded(sources[split], vocabulary, config.lowercase, store)
