@@ -5,9 +5,18 @@ Everything is sized to train in seconds on two busy CPU cores. The run directory
 into a run directory copies it first (shutil.copytree into tmp_path).
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
+# The corpus cache (lstmlm.corpus_cache) goes to a scratch folder removed at exit, for this process and the
+# CLI subprocesses it starts: the suite never writes into the user's home and never reads a stale cache there.
+_CORPUS_CACHE = tempfile.mkdtemp(prefix="lstmlm-test-cache-")
+atexit.register(shutil.rmtree, _CORPUS_CACHE, True)
+os.environ["LSTMLM_CACHE_DIR"] = _CORPUS_CACHE
+os.environ.pop("LSTMLM_NO_CACHE", None)
 
 import pytest  # noqa: E402
 

@@ -109,7 +109,7 @@ def test_predict_split_report(cli_run, capsys):
     predicted = next(line for line in lines if line.startswith("Predicted words: "))
     assert len(actual.split()) == 2 + 3 and len(predicted.split()) == 2 + 3
     # the actual words are test words 8, 9, 10 (num_steps 8, skip 0)
-    from lstmlm.tokenize import read_words
+    from lstmlm.tokenizer import read_words
 
     test_words = read_words(Path(json.loads((cli_run[0] / "config.json").read_text())["config"]["test"]))
     assert actual.split()[2:] == test_words[8:11]

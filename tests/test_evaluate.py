@@ -8,7 +8,7 @@ from keras import ops
 
 from lstmlm.evaluate import evaluate_ids
 from lstmlm.model import LSTMLanguageModel
-from lstmlm.tokenize import EOS
+from lstmlm.tokenizer import EOS
 from lstmlm.vocabulary import Vocabulary
 
 torch = pytest.importorskip("torch")

@@ -7,7 +7,7 @@ from keras import ops
 from lstmlm.errors import LstmlmError
 from lstmlm.language_model import join_words
 from lstmlm.samplers import softmax
-from lstmlm.tokenize import EOS, UNK
+from lstmlm.tokenizer import EOS, UNK
 
 
 def all_logits(model, ids):

@@ -152,8 +152,8 @@ def format_evaluation(result):
 def _print_actual_vs_predicted(model, split, skip, count, as_json=False):
     from lstmlm.corpus import read_split
 
-    words = read_split(model.config, split)
-    result = model.actual_vs_predicted(model.vocabulary.encode(words), skip, count)
+    ids, _ = read_split(model.config, split, model.vocabulary)
+    result = model.actual_vs_predicted(ids, skip, count)
     if as_json:
         print(json.dumps({"split": split, "skip": skip, **result}))
     else:

@@ -1,18 +1,28 @@
-"""Read the three splits of a corpus and turn them into id arrays with a train-only vocabulary.
+"""Read the three splits of a corpus and turn them into int32 id arrays with a train-only vocabulary.
+
+The text is streamed, so memory grows with the number of distinct words, not with the corpus:
+- train: one pass over the text numbers each word in the order it is first seen while counting it (the ids
+  go straight to an `.npy` file); the vocabulary is then built from the counts (`Vocabulary.from_counts`: the
+  same order as `Vocabulary.build` on the whole word list) and the file's ids are renumbered through a table.
+- valid and test: one pass encodes them with that vocabulary.
+The arrays are kept in the corpus cache (`lstmlm.corpus_cache`: where it lives, how it is invalidated, how to
+turn it off) and memory-mapped copy-on-write, so the next run on the same files starts without tokenising.
 
 The bundled PTB (Mikolov's simple-examples, as the tutorial uses it) ships gzipped inside the package and is
 checked against its published sha256 every time it is read.
 """
 
-import gzip
-import hashlib
-from dataclasses import dataclass
+import collections
+import itertools
+from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
+from lstmlm.corpus_cache import ids_key, open_cache, vocabulary_key
 from lstmlm.errors import LstmlmError
-from lstmlm.tokenize import read_words, words_of_text
+from lstmlm.tokenizer import EOS, UNK, TextReader, TextSource, block_words, no_words_error
 from lstmlm.vocabulary import Vocabulary
 
 PTB_SHA256 = {
@@ -21,68 +31,186 @@ PTB_SHA256 = {
     "test": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
 }
 BUNDLED = {"ptb": PTB_SHA256}
+COUNT_TOKENS = 1 << 22  # first-seen ids gathered before each bincount (16 MB), so counting costs O(types) rarely
 
 
 @dataclass
 class Corpus:
-    """Token ids of each split (int32 arrays) and the vocabulary built from train."""
+    """Token ids of each split (int32 arrays, memory-mapped when cached) and the train vocabulary."""
 
     vocabulary: Vocabulary
     splits: dict  # name -> np.ndarray of ids
     sources: dict  # name -> where the text came from
+    cached: dict = field(default_factory=dict)  # name -> True when the ids came from the cache
 
     def __getitem__(self, name):
         return self.splits[name]
 
 
-def bundled_text(name, split):
-    """The text of a bundled corpus split, verified against its sha256."""
+def bundled_source(name, split):
     if name not in BUNDLED:
         raise LstmlmError(f"--data: unknown bundled corpus {name!r} (bundled: {', '.join(BUNDLED)})")
     resource = resources.files("lstmlm") / "data" / name / f"{name}.{split}.txt.gz"
-    data = gzip.decompress(resource.read_bytes())
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != BUNDLED[name][split]:
-        raise LstmlmError(f"{resource}: sha256 {digest} does not match the published {BUNDLED[name][split]}")
-    return data.decode("utf-8")
+    return TextSource(resource, name=f"{name}.{split}", published_sha256=BUNDLED[name][split])
 
 
-def read_splits(config, only=None):
-    """{split: words} for the configured corpus (all splits, or those in `only`), and {split: source}."""
+def bundled_text(name, split):
+    """The text of a bundled corpus split, verified against its sha256."""
+    return "".join(TextReader(bundled_source(name, split)))
+
+
+def split_sources(config, only=None):
+    """{split: TextSource} for the configured corpus (all splits, or those in `only`), and {split: description}."""
     if config.train is not None:
         paths = {"train": config.train, "valid": config.valid}
         if config.test is not None:
             paths["test"] = config.test
         paths = {split: path for split, path in paths.items() if only is None or split in only}
-        words = {split: read_words(path, config.lowercase) for split, path in paths.items()}
-        return words, {split: str(path) for split, path in paths.items()}
+        return {split: TextSource(Path(path)) for split, path in paths.items()}, \
+            {split: str(path) for split, path in paths.items()}
     splits = [split for split in ("train", "valid", "test") if only is None or split in only]
-    words = {split: words_of_text(bundled_text(config.data, split), config.lowercase, f"{config.data}.{split}")
-             for split in splits}
-    return words, {split: f"bundled {config.data}.{split}.txt" for split in words}
+    return {split: bundled_source(config.data, split) for split in splits}, \
+        {split: f"bundled {config.data}.{split}.txt" for split in splits}
 
 
-def read_split(config, split):
-    """The words of one split of a run's corpus (evaluate --split, predict --split), or a one-line error."""
-    try:
-        words, _ = read_splits(config, only=[split])
-    except LstmlmError as error:
-        raise LstmlmError(f"--split {split}: the run's corpus is not available here ({error}); use --file") from None
-    if split not in words:
-        raise LstmlmError(f"--split {split}: this run has no {split} split (use --file)")
-    return words[split]
+def load_corpus(config, cache=None):
+    """Build the vocabulary from train and encode every split (from the cache when it has them).
 
-
-def load_corpus(config):
-    """Build the vocabulary from train and encode every split.
+    Args:
+        config: a Config (train/valid/test files or the bundled `data`, lowercase, the vocabulary cap).
+        cache: None = the corpus cache from the environment; False = no cache; a path = that cache folder.
 
     Example:
         >>> from lstmlm.config import Config
-        >>> corpus = load_corpus(Config())
+        >>> corpus = load_corpus(Config(), cache=False)
         >>> len(corpus["train"]), len(corpus.vocabulary)
         (929589, 10000)
     """
-    words, sources = read_splits(config)
-    vocabulary = Vocabulary.build(words["train"], config.max_vocabulary_size or None)
-    splits = {split: np.asarray(vocabulary.encode(w), dtype=np.int32) for split, w in words.items()}
-    return Corpus(vocabulary, splits, sources)
+    sources, descriptions = split_sources(config)
+    splits, cached = {}, {}
+    with open_cache(cache) as store:
+        vocabulary, splits["train"], cached["train"] = _train_split(
+            sources["train"], config.lowercase, config.max_vocabulary_size or None, store)  # 0: every word
+        for split in ("valid", "test"):
+            if split in sources:
+                splits[split], _, cached[split] = _encoded(sources[split], vocabulary, config.lowercase, store)
+    return Corpus(vocabulary, splits, descriptions, cached)
+
+
+def read_split(config, split, vocabulary, cache=None):
+    """One split of a run's corpus encoded with the run's vocabulary (evaluate --split, predict --split).
+
+    Returns:
+        (ids, number of words read as <unk>), or raises a one-line LstmlmError.
+    """
+    try:
+        sources, _ = split_sources(config, only=[split])
+        if split in sources:
+            with open_cache(cache) as store:
+                ids, num_unknown, _ = _encoded(sources[split], vocabulary, config.lowercase, store)
+    except LstmlmError as error:
+        raise LstmlmError(f"--split {split}: the run's corpus is not available here ({error}); use --file") from None
+    if split not in sources:
+        raise LstmlmError(f"--split {split}: this run has no {split} split (use --file)")
+    return ids, num_unknown
+
+
+def encode_file(path, vocabulary, lowercase=False):
+    """(ids, number of words read as <unk>) of any text file (evaluate --file); streamed, not cached."""
+    with open_cache(False) as store:
+        ids, num_unknown, _ = _encoded(TextSource(Path(path)), vocabulary, lowercase, store)
+    return ids, num_unknown
+
+
+def _train_split(source, lowercase, max_size, store):
+    """(vocabulary, train ids, from the cache?): counted and encoded in one pass unless cached."""
+    sha256 = source.sha256()
+    key = vocabulary_key(sha256, lowercase, max_size)
+    vocabulary = store.load_vocabulary(key)
+    if vocabulary is not None:
+        ids, _, cached = _encoded(source, vocabulary, lowercase, store, sha256)
+        return vocabulary, ids, cached
+    with _writing(store) as ids_file:
+        first_seen = collections.defaultdict(itertools.count().__next__)  # word -> id in first-seen order
+        number = first_seen.__getitem__
+        counts, pending = np.zeros(0, dtype=np.int64), []
+        for block in TextReader(source, expected_sha256=sha256):
+            words = block_words(block, lowercase)
+            ids = np.fromiter(map(number, words), dtype=np.int32, count=len(words))
+            ids_file.append(ids)
+            pending.append(ids)
+            if sum(map(len, pending)) >= COUNT_TOKENS:
+                counts, pending = _add_counts(counts, pending, len(first_seen)), []
+        counts = _add_counts(counts, pending, len(first_seen))
+        words = list(first_seen)  # in first-seen id order
+        if not any(word != EOS for word in words):
+            raise no_words_error(source.label)
+        vocabulary = Vocabulary.from_counts(dict(zip(words, counts.tolist())), max_size)
+        table = np.fromiter(map(vocabulary.index.get, words, itertools.repeat(vocabulary.unk_id)),
+                            dtype=np.int32, count=len(words))
+        ids_file.remap(table)
+        # words read as <unk>: those folded into it by the size cap (a literal <unk> is a known word)
+        num_unknown = int(counts[table == vocabulary.unk_id].sum())
+        if first_seen.get(UNK) is not None:
+            num_unknown -= int(counts[first_seen[UNK]])
+        store.save_vocabulary(key, vocabulary)
+        ids = store.save_ids(ids_key(sha256, vocabulary, lowercase), ids_file, num_unknown, source=source.label,
+                             text_sha256=sha256, vocabulary_sha256=vocabulary.sha256(), lowercase=bool(lowercase))
+    return vocabulary, ids, False
+
+
+def _add_counts(counts, pending, num_types):
+    if len(counts) < num_types:
+        counts = np.concatenate([counts, np.zeros(num_types - len(counts), dtype=np.int64)])
+    if pending:
+        counts += np.bincount(np.concatenate(pending), minlength=num_types)
+    return counts
+
+
+def _encoded(source, vocabulary, lowercase, store, sha256=None):
+    """(ids, number of words read as <unk>, from the cache?) of one text under a vocabulary."""
+    sha256 = sha256 or source.sha256()
+    key = ids_key(sha256, vocabulary, lowercase)
+    hit = store.load_ids(key)
+    if hit is not None:
+        return (*hit, True)
+    lookup, unk = vocabulary.index.get, vocabulary.unk_id
+    num_unknown, has_words = 0, False
+    with _writing(store) as ids_file:
+        for block in TextReader(source, expected_sha256=sha256):
+            words = block_words(block, lowercase)
+            ids = np.fromiter(map(lookup, words, itertools.repeat(unk)), dtype=np.int32, count=len(words))
+            ids_file.append(ids)
+            unknown = int(np.count_nonzero(ids == unk))
+            if unknown:
+                num_unknown += unknown - words.count(UNK)  # a literal <unk> is a known word
+            has_words = has_words or len(words) > words.count(EOS)
+        if not has_words:
+            raise no_words_error(source.label)
+        ids = store.save_ids(key, ids_file, num_unknown, source=source.label, text_sha256=sha256,
+                             vocabulary_sha256=vocabulary.sha256(), lowercase=bool(lowercase))
+    return ids, num_unknown, False
+
+
+class _writing:
+    """A new IdsFile in `store`; a failed write to it becomes a one-line LstmlmError naming the folder."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __enter__(self):
+        try:
+            self.ids_file = self.store.new_ids()
+        except OSError as error:
+            raise self._error(error) from None
+        return self.ids_file.__enter__()
+
+    def __exit__(self, kind, error, traceback):
+        self.ids_file.__exit__(kind, error, traceback)
+        if isinstance(error, OSError):
+            raise self._error(error) from None
+        return False
+
+    def _error(self, error):
+        return LstmlmError(f"{self.store.directory}: cannot write token ids ({error.strerror or error}); free "
+                           "some space or set LSTMLM_CACHE_DIR (or LSTMLM_NO_CACHE=1)")

@@ -16,7 +16,7 @@ from keras import ops
 
 from lstmlm import torch_backend
 from lstmlm.metrics import perplexity
-from lstmlm.tokenize import EOS
+from lstmlm.tokenizer import EOS
 
 
 def _scores(logits, targets):
@@ -93,16 +93,14 @@ def evaluate(run, split="test", file=None, evaluation_batch_size=1, chunk_length
         {"split" (the split or the file's path), "tokens", "loss" (nats), "perplexity", "accuracy",
         "top5_accuracy", "seconds", "num_unknown_words" (the text's words, with repeats, read as <unk>)}.
     """
-    from lstmlm.corpus import read_split
-    from lstmlm.tokenize import read_words
+    from lstmlm.corpus import encode_file, read_split
 
     if file is not None:
-        words, name = read_words(file, run.config.lowercase), str(file)
+        (ids, num_unknown), name = encode_file(file, run.vocabulary, run.config.lowercase), str(file)
     else:
-        words, name = read_split(run.config, split), split
+        (ids, num_unknown), name = read_split(run.config, split, run.vocabulary), split
     precision = torch_backend.resolve_precision(run.config.precision)
     if precision == "bfloat16" and not torch_backend.bfloat16_supported():
         precision = "float32"  # trained in bfloat16 elsewhere (a GPU); this machine has no bfloat16 kernels
-    result = evaluate_ids(run.model, run.vocabulary.encode(words), run.vocabulary, evaluation_batch_size,
-                          chunk_length, precision)
-    return {"split": name, **result, "num_unknown_words": len(run.vocabulary.unknown(words))}
+    result = evaluate_ids(run.model, ids, run.vocabulary, evaluation_batch_size, chunk_length, precision)
+    return {"split": name, **result, "num_unknown_words": num_unknown}

@@ -16,7 +16,7 @@ from lstmlm.errors import LstmlmError
 from lstmlm.metrics import perplexity
 from lstmlm.run_directory import load_run
 from lstmlm.samplers import make_sampler, softmax
-from lstmlm.tokenize import EOS, UNK, split_words
+from lstmlm.tokenizer import EOS, UNK, split_words
 
 DEFAULT_NUM_WORDS = 30  # words `generate` adds when not told: the CLI, the API, the server and the web page
 
