@@ -36,7 +36,7 @@ from lstmlm import run_directory as rd
 from lstmlm.batches import WindowBatches, num_stream_batches, stream_batches
 from lstmlm.errors import LstmlmError
 from lstmlm.samplers import GreedySampler, TopKSampler, TopPSampler, make_sampler
-from lstmlm.tokenize import EOS, UNK, read_words, split_words, words_of_text
+from lstmlm.tokenizer import EOS, UNK, read_words, split_words, words_of_text
 from lstmlm.vocabulary import Vocabulary
 
 
