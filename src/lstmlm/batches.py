@@ -15,6 +15,11 @@ stream, so row r of batch k+1 continues exactly where row r of batch k stopped a
 window (the tutorial's KerasBatchGenerator): row i of a batch is the window data[idx : idx+num_steps] with
 idx advancing by skip_step after every row (so consecutive windows go to consecutive rows of the same batch),
 wrapping to 0 when idx + num_steps >= len(data); every window starts from a zero state.
+
+Data-parallel training (distributed.py) shards both the same way: rank r of N takes the rows
+[r * batch_size / N, (r + 1) * batch_size / N) of every single-process batch, so the N ranks together see exactly
+the single-process batches and each rank's rows continue its own rows of the previous batch (each carries its own
+LSTM state). With N = 3 in the picture above, rank 1 gets row 1 of every batch.
 """
 
 import numpy as np
@@ -93,16 +98,25 @@ class Batches:
     Args:
         config: the run's Config (batching, batch_size, num_steps, skip_step).
         ids: the training split as ids.
+        rank, world_size: this process's share under data parallelism: the contiguous block of rows
+            [rank * batch_size / world_size, (rank + 1) * batch_size / world_size) of every batch.
 
     Example:
         >>> from lstmlm.config import Config
         >>> batches = Batches(Config(batch_size=2, num_steps=2), list(range(9)))
         >>> batches.steps_per_epoch, batches.carries_state
         (2, True)
+        >>> [x.tolist() for x, _ in Batches(Config(batch_size=2, num_steps=2), list(range(9)), 1, 2).epoch()]
+        [[[4, 5]], [[6, 7]]]
     """
 
-    def __init__(self, config, ids):
+    def __init__(self, config, ids, rank=0, world_size=1):
         self.ids, self.batch_size, self.num_steps = ids, config.batch_size, config.num_steps
+        if config.batch_size % world_size:
+            raise LstmlmError(f"--batch-size {config.batch_size} is not divisible by the {world_size} processes: "
+                              "it is the total number of streams, and each process takes an equal share")
+        self.local_batch_size = config.batch_size // world_size
+        self.rows = slice(rank * self.local_batch_size, (rank + 1) * self.local_batch_size)
         self.window = None
         if config.batching == "window":
             self.window = WindowBatches(ids, config.batch_size, config.num_steps, config.skip_step or config.num_steps)
@@ -120,8 +134,12 @@ class Batches:
         return self.window.position if self.window else 0
 
     def epoch(self, position=0):
-        """The (inputs, targets) batches of one epoch; window batching starts at `position`."""
+        """The (inputs, targets) batches of one epoch (this rank's rows); window batching starts at `position`."""
         if self.window is None:
-            return stream_batches(self.ids, self.batch_size, self.num_steps)
-        self.window.position = position
-        return self.window.epoch()
+            batches = stream_batches(self.ids, self.batch_size, self.num_steps)
+        else:
+            self.window.position = position  # every rank runs the whole generator: the position stays global
+            batches = self.window.epoch()
+        if self.local_batch_size == self.batch_size:
+            return batches
+        return ((x[self.rows], y[self.rows]) for x, y in batches)

@@ -1,6 +1,7 @@
 """The `lstmlm` command: a thin layer over the importable functions.
 
     lstmlm train     [--preset NAME] [--config FILE] [--FIELD VALUE ...] [--out RUN_DIR | --resume RUN_DIR]
+                     [--processes N]   (data parallel: the same as torchrun --standalone --nproc-per-node N)
     lstmlm evaluate  RUN_DIR [--split valid|test | --file FILE] [--evaluation-batch-size N] [--json]
     lstmlm predict   RUN_DIR --text "..." [--top-k K] [--json]  |  RUN_DIR --split test --skip 40 --count 10
     lstmlm generate  RUN_DIR [--prompt "..."] [--num-words N] [--temperature T] [--top-k K] [--top-p P]
@@ -17,6 +18,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import sys
 import typing
 
@@ -72,6 +74,10 @@ def add_train(subparsers):
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (--epochs may extend it)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--no-report", action="store_true", help="skip the final test evaluation and sample")
+    parser.add_argument("--processes", type=int, default=None, metavar="N", help=(
+        "data-parallel training in N processes on this machine (torch DDP, started through torch.distributed.run "
+        "like `torchrun --standalone --nproc-per-node N -m lstmlm train ...`); --batch-size stays the total number "
+        "of streams and must be divisible by N; each process gets cores / N threads (or --threads)"))
     group = parser.add_argument_group("config fields (override the preset)")
     for field in dataclasses.fields(Config):
         kind = _field_type(field)
@@ -111,8 +117,11 @@ def resolve_config(args):
 
 
 def run_train(args):
+    from lstmlm import distributed
     from lstmlm.training import train
 
+    if args.processes is not None and not args.print_config and _launch(args):
+        return distributed.launch(args.processes, args.argv, log=lambda line: print(line, file=sys.stderr))
     if args.resume:
         config = None
         if args.epochs is not None:
@@ -126,9 +135,37 @@ def run_train(args):
             print(json.dumps(config.to_dict(), indent=2))
             return 0
         out = train(config, out=args.out or f"runs/{args.preset}", command=["lstmlm", *args.argv])
-    if not args.no_report:
+    if not args.no_report and distributed.is_main():
         report(out)
     return 0
+
+
+def _launch(args):
+    """True when `--processes N` must start N processes here; False in a process they started (it trains)."""
+    from lstmlm import distributed
+
+    if args.processes <= 0:
+        raise LstmlmError(f"--processes must be a positive integer, got {args.processes}")
+    if distributed.launched():  # a rank started by torchrun (or by --processes): check and train
+        if args.processes != int(os.environ["WORLD_SIZE"]):
+            raise LstmlmError(f"--processes {args.processes}: this process was started as one of "
+                              f"{os.environ['WORLD_SIZE']} by a launcher (torchrun); drop --processes")
+        return False
+    if args.processes == 1:
+        return False
+    # Check what can be checked here, so a mistake is one error line rather than one per process.
+    if args.resume:
+        from lstmlm import run_directory as rd
+        from lstmlm.config import Config
+
+        out = rd.check_run_directory(args.resume, need_model=False)
+        batch_size = Config.from_dict(rd.read_json(out / rd.CONFIG)["config"]).batch_size
+    else:
+        batch_size = resolve_config(args).batch_size
+    if batch_size % args.processes:
+        raise LstmlmError(f"--batch-size {batch_size} is not divisible by --processes {args.processes}: it is the "
+                          "total number of streams, and each process takes an equal share")
+    return True
 
 
 def report(run_dir):

@@ -7,6 +7,11 @@ A signal that arrives inside a training step is held until the step ends (`step(
 records weights that one half-applied step has changed; anywhere else (validation, data loading) it takes
 effect at once. A second signal while one is held takes effect at once, and then nothing is saved: the last
 checkpoint on disk stands.
+
+Data parallel (`handled(hold=True)`): ranks must stop after the same batch, and a signal reaches them at different
+moments (or only one of them), so every signal is held, wherever it arrives, and nothing raises it; the training
+loop reads `pending()` on every rank at the ranks' agreement after each batch (and before each epoch) and raises
+Interrupted on all of them at once. A second signal still takes effect at once, without saving.
 """
 
 import contextlib
@@ -36,21 +41,25 @@ class Interrupted(KeyboardInterrupt):
 class _State:
     in_step = False
     pending = None
+    hold = False  # data parallel: hold every signal for the ranks' agreement (see the module's docstring)
 
 
 _state = _State()
 
 
 def _handle(signal_number, frame):
-    if _state.in_step and _state.pending is None:
-        _state.pending = signal_number  # held until the step ends
+    if (_state.in_step or _state.hold) and _state.pending is None:
+        _state.pending = signal_number  # held until the step ends (or, held for all, the ranks' agreement)
         return
-    raise Interrupted(signal_number, clean=not _state.in_step)
+    raise Interrupted(signal_number, clean=not (_state.in_step or _state.hold))
 
 
 @contextlib.contextmanager
-def handled():
+def handled(hold=False):
     """Install the handlers for the block (main thread only; elsewhere signals keep their defaults).
+
+    Args:
+        hold: hold every signal until the caller reads `pending()` (data parallel training).
 
     Example:
         >>> with handled():
@@ -61,13 +70,13 @@ def handled():
         yield
         return
     previous = {number: signal.signal(number, _handle) for number in HANDLED}
-    _state.in_step, _state.pending = False, None
+    _state.in_step, _state.pending, _state.hold = False, None, hold
     try:
         yield
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        _state.in_step, _state.pending = False, None
+        _state.in_step, _state.pending, _state.hold = False, None, False
 
 
 @contextlib.contextmanager
@@ -78,7 +87,18 @@ def step():
         yield
     finally:
         _state.in_step = False
-    if _state.pending is not None:
+    if _state.pending is not None and not _state.hold:
         number, _state.pending = _state.pending, None
         raise Interrupted(number)
+
+
+def pending():
+    """The number of the signal being held, or None (what a data-parallel rank brings to the agreement).
+
+    Example:
+        >>> with handled(hold=True):
+        ...     pending() is None
+        True
+    """
+    return _state.pending
 

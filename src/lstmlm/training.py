@@ -9,8 +9,19 @@ hand-written PyTorch. The model, its weights and its files stay plain Keras.
 The shape is pytorch/examples' word_language_model: `train_step` runs one batch, `train_epoch` one epoch, and
 `train` is the epoch loop around them. A `Trainer` owns what a step needs (model, optimizer, precision,
 device); `Checkpoints` owns the run directory's files; the learning rate is a pure function (schedule.py).
+
+Data parallelism (torchrun; distributed.py): every rank runs this same loop on its block of each batch's rows
+(batches.py), with its own LSTM states and dropout masks; DDP averages the gradients during backward, so
+N ranks x B/N streams take the step one process takes with B streams (each rank's loss is the mean over its
+equal share of the tokens, and the mean of those means is the mean over all of them; clipping then sees the
+averaged gradient). After every batch the ranks agree on what only one of them may have seen (a stop signal, a
+periodic checkpoint due, the time budget) and on one clock for the schedule; they sum the epoch's loss, hits and
+tokens at its end; rank 0 alone validates (the others wait), logs and writes every file. In one process none of
+this runs.
 """
 
+import contextlib
+import copy
 import math
 import platform
 import shlex
@@ -22,6 +33,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from lstmlm import distributed
 from lstmlm import run_directory as rd
 from lstmlm import signals, torch_backend
 from lstmlm.batches import Batches
@@ -42,6 +54,9 @@ from lstmlm.schedule import learning_rate
 HISTORY_FIELDS = ["epoch", "train_loss", "train_perplexity", "train_accuracy", "valid_loss", "valid_perplexity",
                   "valid_accuracy", "valid_top5_accuracy", "learning_rate", "train_tokens", "tokens_per_second",
                   "epoch_seconds", "wall_seconds"]
+
+# Dropout seeds of rank r are offset by r * this (mod 2**32): rank 0 draws the single-process masks.
+RANK_SEED_STRIDE = 0x9E3779B1
 
 
 def versions():
@@ -78,15 +93,20 @@ class Trainer:
         self.parameters = [v.value for v in model.trainable_variables]
         self.optimizer = make_optimizer(config, self.parameters)
         self.last_step_finite = True
+        self.rank, self.data_parallel = distributed.rank(), distributed.world_size() > 1
+        # (token_ids, states, training) -> (logits, states); under DDP the same call, gradients averaged
+        self.forward = distributed.data_parallel(model) if self.data_parallel else model.call_with_states
 
     def set_learning_rate(self, rate):
         for group in self.optimizer.param_groups:
             group["lr"] = rate
 
     def seed_dropout(self, epoch, batch):
-        """Dropout masks depend only on (seed, epoch, batch): a resumed run draws the unbroken run's masks."""
+        """Dropout masks depend only on (seed, rank, epoch, batch): a resumed run draws the unbroken run's masks,
+        and each rank of a data-parallel run draws its own (rank 0: the single-process masks)."""
         for owner in [self.model, *self.model.lstm_layers]:
-            owner.seed_generator.state.assign(np.array([owner.seed or 0, epoch * 1_000_003 + batch], dtype="uint32"))
+            seed = ((owner.seed or 0) + self.rank * RANK_SEED_STRIDE) % 2**32
+            owner.seed_generator.state.assign(np.array([seed, epoch * 1_000_003 + batch], dtype="uint32"))
 
     def optimizer_state(self):
         return optimizer_state(self.optimizer)
@@ -99,10 +119,11 @@ class Trainer:
         return {f"{kind}{i}": s.detach().float().cpu().numpy() for i, pair in enumerate(states)
                 for kind, s in zip("hc", pair)}
 
-    def states_from_arrays(self, arrays):
+    def states_from_arrays(self, arrays, rows=slice(None)):
+        """The saved (h, c) per layer; `rows`: this rank's block of the saved single-process rows."""
         import torch
 
-        return [tuple(torch.as_tensor(arrays[f"{kind}{i}"], device=self.device) for kind in "hc")
+        return [tuple(torch.as_tensor(arrays[f"{kind}{i}"][rows], device=self.device) for kind in "hc")
                 for i in range(self.config.num_layers)]
 
 
@@ -120,7 +141,7 @@ def train_step(trainer, x, y, states):
     x = torch.as_tensor(x, dtype=torch.long, device=trainer.device)  # (batch, time)
     y = torch.as_tensor(y, dtype=torch.long, device=trainer.device).reshape(-1)  # (batch * time,)
     with torch_backend.precision_context(trainer.precision):
-        logits, new_states = trainer.model.call_with_states(x, states, training=True)  # (batch, time, vocab)
+        logits, new_states = trainer.forward(x, states, training=True)  # (batch, time, vocab)
     flat = logits.float().reshape(-1, logits.shape[-1])
     loss = torch.nn.functional.cross_entropy(flat, y)
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -130,8 +151,11 @@ def train_step(trainer, x, y, states):
     else:
         norm = torch.nn.utils.get_total_norm([p.grad for p in trainer.parameters if p.grad is not None],
                                              foreach=True)
-    # A nan/inf loss or gradient would poison every weight: skip the update (the caller counts it).
-    trainer.last_step_finite = bool(torch.isfinite(loss) & torch.isfinite(norm))
+    # A nan/inf loss or gradient would poison every weight: skip the update (the caller counts it). Under DDP
+    # the norm is that of the averaged gradient, the same on every rank (a rank's non-finite loss makes it
+    # non-finite), so every rank skips the same steps; its own loss alone would split the replicas.
+    finite = torch.isfinite(norm) if trainer.data_parallel else torch.isfinite(loss) & torch.isfinite(norm)
+    trainer.last_step_finite = bool(finite)
     if trainer.last_step_finite:
         trainer.optimizer.step()
     with torch.no_grad():  # top-1 hit: the target's logit is the row's maximum (amax is 4x cheaper than argmax)
@@ -190,6 +214,35 @@ class EpochProgress:
 
     def tokens_per_second(self):
         return self.tokens_this_session / max(time.time() - self.started, 1e-9)
+
+    def combine_ranks(self):
+        """Sum loss, hits and tokens over the ranks, once, when the epoch's batches are done: every rank then
+        holds the epoch's totals (a resumed epoch's saved totals start on rank 0 only). No-op in one process."""
+        if distributed.world_size() == 1:
+            return
+        loss, hits, tokens, session = distributed.all_reduce(
+            [self.loss.item(), self.hits.item(), self.tokens, self.tokens_this_session], what="summing the epoch")
+        self.loss.fill_(loss)
+        self.hits.fill_(hits)
+        self.tokens, self.tokens_this_session = int(tokens), int(session)
+
+    def combined(self):
+        """A copy holding every rank's totals and every rank's LSTM states (rows in the single-process order),
+        for a mid-epoch checkpoint; this progress goes on unchanged. Every rank must call it. Itself in one
+        process."""
+        if distributed.world_size() == 1:
+            return self
+        import torch
+
+        snapshot = copy.copy(self)
+        loss, hits, tokens = distributed.all_reduce([self.loss.item(), self.hits.item(), self.tokens],
+                                                    what="summing the epoch so far")
+        snapshot.loss, snapshot.hits = (torch.tensor(value, dtype=torch.float64) for value in (loss, hits))
+        snapshot.tokens = int(tokens)
+        if self.states is not None:
+            flat = distributed.gather_rows([s for pair in self.states for s in pair])
+            snapshot.states = [tuple(flat[2 * i : 2 * i + 2]) for i in range(len(self.states))]
+        return snapshot
 
 
 def train_epoch(trainer, batches, progress, rate_at, should_stop=None):
@@ -252,11 +305,13 @@ class TrainingRun:
     def __init__(self, config, out, info, state, corpus, model, precision, log):
         self.config, self.out, self.info, self.state, self.log = config, out, info, state, log
         self.vocabulary, self.valid_ids = corpus.vocabulary, corpus["valid"]
-        self.batches = Batches(config, corpus["train"])
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.batches = Batches(config, corpus["train"], self.rank, self.world_size)
         self.trainer = Trainer(config, model, precision)
         self.checkpoints = Checkpoints(out, config.keep_checkpoints)
         self.history, self.epochs_done = [], 0
         self.budget = Budget(config.max_minutes)
+        self.agreed_elapsed = 0.0  # data parallel: the wall time the ranks agreed on last (agree())
         self.last_checkpoint = time.time()
         if state is not None:
             self.trainer.load_optimizer_state(rd.load_arrays(out / state["optimizer"]), state["optimizer_groups"])
@@ -275,22 +330,52 @@ class TrainingRun:
         if state is not None and epoch == state["epoch"] + 1 and state["batch"]:
             states = None
             if self.batches.carries_state:
-                states = self.trainer.states_from_arrays(rd.load_arrays(self.out / state["states"]))
-            return EpochProgress(epoch, device, state["batch"], state["partial_sums"], states,
-                                 state["window_position"])
-        states = self.model.initial_states(self.config.batch_size) if self.batches.carries_state else None
+                states = self.trainer.states_from_arrays(rd.load_arrays(self.out / state["states"]), self.batches.rows)
+            sums = state["partial_sums"] if self.rank == 0 else None  # combine_ranks() adds the others' share
+            return EpochProgress(epoch, device, state["batch"], sums, states, state["window_position"])
+        states = self.model.initial_states(self.batches.local_batch_size) if self.batches.carries_state else None
         return EpochProgress(epoch, device, states=states, window_position=self.batches.position)
+
+    def elapsed(self):
+        """Wall time for the schedule: this process's clock, or under DDP the time the ranks agreed on last."""
+        return self.budget.elapsed() if self.world_size == 1 else self.agreed_elapsed
+
+    def agree(self, *flags):
+        """Under DDP: each flag's largest value over the ranks (True or a signal number if any rank has it), and
+        one clock for all. One small all-reduce, after every batch and before every epoch."""
+        *flags, self.agreed_elapsed = distributed.all_reduce([*map(float, flags), self.budget.elapsed()], "max",
+                                                             "the ranks' agreement after a batch")
+        return [int(flag) for flag in flags]
 
     def rate_at(self, epoch):
         """The learning-rate function of one epoch's batch index."""
         steps, losses = self.batches.steps_per_epoch, [row["valid_loss"] for row in self.history]
         return lambda index: learning_rate(self.config, epoch, (epoch - 1) * steps + index, steps,
-                                           self.budget.elapsed(), losses)
+                                           self.elapsed(), losses)
 
     def validate(self, ids=None):
+        """Validation loss etc. on the full text, the same numbers on every rank.
+
+        Under DDP rank 0 evaluates the whole text while the others wait for its numbers: the result is exactly
+        the single-process one (the default evaluation carries one state through the whole text, which cannot
+        be split over ranks). On CPU rank 0 meanwhile uses the waiting ranks' cores too.
+        """
         failpoint("validation")
-        return evaluate_ids(self.model, self.valid_ids if ids is None else ids, self.vocabulary,
-                            self.config.evaluation_batch_size, precision=self.trainer.precision)
+        ids = self.valid_ids if ids is None else ids
+        if self.world_size == 1:
+            return evaluate_ids(self.model, ids, self.vocabulary, self.config.evaluation_batch_size,
+                                precision=self.trainer.precision)
+        keys = ["tokens", "loss", "perplexity", "accuracy", "top5_accuracy", "seconds"]
+        values = [0.0] * len(keys)
+        if self.rank == 0:
+            with _threads(distributed.threads_per_rank(self.config.threads) * distributed.local_world_size()):
+                result = evaluate_ids(self.model, ids, self.vocabulary, self.config.evaluation_batch_size,
+                                      precision=self.trainer.precision)
+            values = [result[key] for key in keys]
+        result = dict(zip(keys, distributed.broadcast(values, "validation (rank 0 validates, the others wait)")
+                          .tolist()))
+        result["tokens"] = int(result["tokens"])
+        return result
 
     def end_epoch(self, progress):
         """Validate, append the history row, write the checkpoint files, log the epoch's line."""
@@ -299,8 +384,9 @@ class TrainingRun:
         is_best = valid["loss"] < min((row["valid_loss"] for row in self.history), default=math.inf)
         row = history_row(progress, valid, self.budget.elapsed())
         self.history.append(row)
-        self.checkpoints.save_epoch(self.trainer, progress, self.history, HISTORY_FIELDS, is_best,
-                                    self.budget.elapsed())
+        if self.rank == 0:
+            self.checkpoints.save_epoch(self.trainer, progress, self.history, HISTORY_FIELDS, is_best,
+                                        self.budget.elapsed())
         progress.saved = True  # state.json now names this epoch's checkpoint: a stop from here on saves nothing
         self.log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} nats (ppl {row['train_perplexity']:.2f}, "
                  f"acc {row['train_accuracy']:.4f}, {progress.tokens:,} tokens) | valid loss {row['valid_loss']:.4f} "
@@ -309,15 +395,24 @@ class TrainingRun:
                  f"{row['epoch_seconds']:.0f} s"
                  + (f" | skipped {progress.skipped_steps} non-finite steps" if progress.skipped_steps else ""))
         self.last_checkpoint = time.time()
-        if self.config.tensorboard:
+        if self.config.tensorboard and self.rank == 0:
             from lstmlm.tensorboard import write_scalars
 
             write_scalars(self.out / "tensorboard", row)
 
     def save_resumable(self, progress, reason=None):
-        """Save a mid-epoch checkpoint; `reason` is the signal's name (None: the periodic checkpoint)."""
-        path = self.checkpoints.save_resumable(self.trainer, progress, self.history, self.budget.elapsed())
+        """Save a mid-epoch checkpoint; `reason` is the signal's name (None: the periodic checkpoint).
+
+        Under DDP every rank calls this after the same batch (their agreement) and rank 0 writes the checkpoint
+        with every rank's sums and LSTM states, so it resumes on any number of processes that divides the
+        batch size, one included.
+        """
+        progress = progress.combined()
+        if self.rank == 0:
+            path = self.checkpoints.save_resumable(self.trainer, progress, self.history, self.budget.elapsed())
         self.last_checkpoint = time.time()
+        if self.rank != 0:
+            return
         where = f"epoch {progress.epoch} after {progress.batches_done} batches"
         if reason is None:
             self.log(f"checkpoint: {where} (every {self.config.checkpoint_minutes:g} min): {path}")
@@ -330,25 +425,45 @@ class TrainingRun:
 
 
 def open_run(config, out, resume, command):
-    """Check everything, then create (or reopen) the run directory; returns a TrainingRun (without its log)."""
+    """Check everything, then create (or reopen) the run directory; returns a TrainingRun (without its log).
+
+    Under DDP every rank reads and checks the same inputs and rank 0 alone writes; the ranks then agree that all
+    of them started, before any other collective, so an error on one rank (say rank 0 finds a run already in
+    --out) stops every rank with an error line instead of leaving the others waiting.
+    """
     if not torch_backend.is_torch():
         raise LstmlmError(f"training needs the torch backend (KERAS_BACKEND is {keras.backend.backend()!r}); "
                           "evaluate, predict and generate work on any backend")
+    failure, parts = None, None
+    try:
+        parts = _prepare_run(config, out, resume, command)
+    except LstmlmError as error:
+        failure = error
+    if distributed.any_rank(failure is not None, "starting the run"):
+        raise failure or LstmlmError(f"rank {distributed.rank()}: stopping: another rank could not start the run "
+                                     "(its error line says why)")
+    return TrainingRun(*parts, log=None)
+
+
+def _prepare_run(config, out, resume, command):
     import torch
 
+    main, world_size = distributed.is_main(), distributed.world_size()
     state, resumed = None, None
     if resume is not None:
         out, info, config, state, saved_model = _read_resume(resume, config, command)
         resumed = info["resumed"]
     else:
         config.validate()
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
+    threads = distributed.threads_per_rank(config.threads) if world_size > 1 else config.threads
+    if threads > 0:
+        torch.set_num_threads(threads)
     precision = _check_precision(config.precision)
     corpus = load_corpus(config)  # reads and checks every input before anything is written
-    Batches(config, corpus["train"])  # a split too short for one batch is an error before anything is written
+    # a split too short for one batch (or a batch size the ranks cannot share) is an error before anything is written
+    Batches(config, corpus["train"], distributed.rank(), world_size)
     if state is None:
-        out = _new_run_directory(out, fresh=resumed is None)
+        out = _new_run_directory(out, fresh=resumed is None) if main else Path(out)
         keras.utils.set_random_seed(config.seed)
         model = build_model(config, len(corpus.vocabulary))
         info = {"config": config.to_dict(), "command": command, "precision": precision,
@@ -358,11 +473,17 @@ def open_run(config, out, resume, command):
                 "vocabulary_size": len(corpus.vocabulary)}
         if resumed is not None:
             info["resumed"] = resumed
-        corpus.vocabulary.save(out / rd.VOCABULARY)
+        if main:
+            corpus.vocabulary.save(out / rd.VOCABULARY)
     else:
         model = saved_model
-    rd.write_json(out / rd.CONFIG, info, "run config")
-    return TrainingRun(config, out, info, state, corpus, model, precision, log=None)
+    if world_size > 1:  # this session's layout (a resumed run records its latest session's)
+        info["distributed"] = {"processes": world_size, "backend": distributed.backend(),
+                               "threads_per_process": torch.get_num_threads(),
+                               "streams_per_process": config.batch_size // world_size}
+    if main:
+        rd.write_json(out / rd.CONFIG, info, "run config")
+    return config, out, info, state, corpus, model, precision
 
 
 def _read_resume(resume, config, command):
@@ -409,6 +530,23 @@ def _log_to_stderr(line):
     print(line, file=sys.stderr, flush=True)
 
 
+def _silent(line):
+    """The log of every rank but 0."""
+
+
+@contextlib.contextmanager
+def _threads(count):
+    """torch's CPU thread count set to `count` within the block."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---- the epoch loop --------------------------------------------------------------------------------------
 def train(config, out="runs/latest", resume=None, log=None, command=None, progress=None):
     """Train a model and write its run directory; returns the run directory's Path.
@@ -426,15 +564,32 @@ def train(config, out="runs/latest", resume=None, log=None, command=None, progre
         PosixPath('runs/tiny')
     """
     command = " ".join(shlex.quote(a) for a in (command or sys.argv))
+    created = distributed.init()  # under torchrun: join the other ranks (a no-op in one process)
+    try:
+        if distributed.world_size() == 1:
+            return _train(config, out, resume, log, command, progress)
+        with distributed.lost_ranks("training"):
+            return _train(config, out, resume, log, command, progress)
+    finally:
+        if created:
+            distributed.destroy()
+
+
+def _train(config, out, resume, log, command, progress):
     run = open_run(config, out, resume, command)
-    run.log = log = log or _log_to_stderr
-    config = run.config
+    run.log = log = (log or _log_to_stderr) if run.rank == 0 else _silent
+    layout = ""
+    if run.world_size > 1:
+        layout = (f", {run.world_size} processes x {run.batches.local_batch_size} streams ({distributed.backend()}, "
+                  f"threads per process: {run.info['distributed']['threads_per_process']})")
     log(f"run {run.out}: {run.info['parameters']:,} parameters, vocabulary {len(run.vocabulary):,}, train "
         f"{len(run.batches.ids):,} / valid {len(run.valid_ids):,} tokens, {run.batches.steps_per_epoch:,} batches "
-        f"per epoch, {run.trainer.precision} on {run.trainer.device}")
+        f"per epoch, {run.trainer.precision} on {run.trainer.device}{layout}")
     run.budget.estimate_validation(lambda tokens: run.validate(run.valid_ids[:tokens]), len(run.valid_ids))
-    with signals.handled():
+    # Under DDP a signal is held until the ranks' next agreement, so that all of them stop after the same batch.
+    with signals.handled(hold=run.world_size > 1):
         _epoch_loop(run, progress)
+    distributed.barrier("finishing")  # every rank returns once rank 0 has written the last files
     return run.out
 
 
@@ -443,16 +598,22 @@ def _epoch_loop(run, progress):
     config, current, bar = run.config, None, None  # current: the epoch in progress (None between epochs)
     try:
         for epoch in range(run.epochs_done + 1, config.epochs + 1):
-            if run.budget.spent():
+            spent = run.budget.spent()
+            if run.world_size > 1:  # a signal held during the last validation stops every rank here
+                held, spent = run.agree(signals.pending() or 0, spent)
+                if held:
+                    raise signals.Interrupted(held)
+            if spent:
                 run.log(f"stopping before epoch {epoch}: the --max-minutes {config.max_minutes:g} budget is spent")
                 break
             current = run.start_epoch(epoch)
-            bar = Progress(run.batches.steps_per_epoch, f"epoch {epoch}/{config.epochs}", enabled=progress,
-                           log=run.log)
+            bar = Progress(run.batches.steps_per_epoch, f"epoch {epoch}/{config.epochs}",
+                           enabled=progress if run.rank == 0 else False, log=run.log)
             train_epoch(run.trainer, run.batches.epoch(current.window_position), current, run.rate_at(epoch),
                         should_stop=lambda p: _after_batch(run, p, bar))
             bar.close()
             current.window_position_after = run.batches.position
+            current.combine_ranks()
             run.end_epoch(current)
             current = None
     except KeyboardInterrupt as interrupt:
@@ -473,12 +634,32 @@ def _epoch_loop(run, progress):
 
 def _after_batch(run, progress, bar):
     """The progress line, the periodic checkpoint, and the time budget's check; True ends the epoch."""
-    if bar.due(progress.batches_done):
+    if bar.due(progress.batches_done):  # rank 0's own streams; the ranks take equal steps in lockstep
         bar.update(progress.batches_done, f"loss {progress.mean_loss():.3f} ppl {perplexity(progress.mean_loss()):.1f} "
-                   f"lr {progress.learning_rate:.3g} {progress.tokens_per_second():,.0f} tok/s")
+                   f"lr {progress.learning_rate:.3g} {progress.tokens_per_second() * run.world_size:,.0f} tok/s")
+    if run.world_size > 1:
+        return _after_batch_agreed(run, progress)
     if run.checkpoint_due():
         run.save_resumable(progress)
     if not run.budget.leaves_time_for_validation():
+        run.log(f"epoch {progress.epoch}: the time budget ends after {progress.batches_done}/"
+                f"{run.batches.steps_per_epoch} batches")
+        return True
+    return False
+
+
+def _after_batch_agreed(run, progress):
+    """Data parallel: one agreement after every batch, so that every rank takes the same decisions after the same
+    batch: a signal held on any rank stops all of them (each gives its share of the checkpoint), a periodic
+    checkpoint due on one is written by all, the time budget ends the epoch for all. (The budget is read before
+    a periodic checkpoint is written, not after: one agreement per batch.)"""
+    held, due, budget_ends = run.agree(signals.pending() or 0, run.checkpoint_due(),
+                                       not run.budget.leaves_time_for_validation())
+    if held:
+        raise signals.Interrupted(held)  # on every rank, after this same batch: _epoch_loop saves
+    if due:
+        run.save_resumable(progress)
+    if budget_ends:
         run.log(f"epoch {progress.epoch}: the time budget ends after {progress.batches_done}/"
                 f"{run.batches.steps_per_epoch} batches")
         return True

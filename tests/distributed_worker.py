@@ -1,0 +1,79 @@
+"""One rank of a data-parallel test: runs `lstmlm.training.train` jobs from a JSON file, optionally with a fault.
+
+Started by torchrun (`python -m torch.distributed.run --standalone --nproc-per-node 2 distributed_worker.py
+JOBS.json`) or by hand with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set. One launch runs several jobs, so
+the tests pay the processes' start-up (imports: seconds on a busy machine) once.
+
+A job: {"config": {Config fields} | null, "out": dir, "resume": dir | null, "epochs": n | null,
+        "fault": {"rank": r | "all", "step": k, "kind": "interrupt" | "exit" | "hang"} | null,
+        "losses": path | null}
+where the fault happens before the k-th call (1-based) of train_step in that job on that rank:
+"interrupt" raises KeyboardInterrupt, "exit" ends the process at once (os._exit(3)), "hang" sleeps for an hour;
+and "losses" writes this rank's loss of every step (the mean over its own streams) to PATH.rankR.json.
+"""
+
+import json
+import os
+import sys
+import time
+
+import lstmlm  # noqa: F401  (registers the Keras classes)
+from lstmlm import distributed
+from lstmlm import training
+from lstmlm.config import Config
+from lstmlm.errors import LstmlmError
+
+
+def instrumented(real_step, fault, losses):
+    calls = []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        if fault and fault["rank"] in ("all", distributed.rank()) and len(calls) == fault["step"]:
+            if fault["kind"] == "interrupt":
+                raise KeyboardInterrupt
+            if fault["kind"] == "exit":
+                os._exit(3)
+            time.sleep(3600)
+        loss, hits, states = real_step(*args, **kwargs)
+        losses.append(float(loss))
+        return loss, hits, states
+
+    return step
+
+
+def run_job(job):
+    real_step, losses = training.train_step, []
+    training.train_step = instrumented(real_step, job.get("fault"), losses)
+    try:
+        if job.get("resume"):
+            config = Config(epochs=job["epochs"]) if job.get("epochs") else None
+            training.train(config, resume=job["resume"], progress=False, command=["worker"])
+        else:
+            training.train(Config(**job["config"]), out=job["out"], progress=False, command=["worker"])
+    except KeyboardInterrupt:
+        print(f"rank {distributed.rank()}: interrupted", file=sys.stderr, flush=True)
+    finally:
+        training.train_step = real_step
+    if job.get("losses"):
+        with open(f"{job['losses']}.rank{distributed.rank()}.json", "w", encoding="utf-8") as file:
+            json.dump(losses, file)
+
+
+def main(jobs_file):
+    with open(jobs_file, encoding="utf-8") as file:
+        jobs = json.load(file)
+    try:
+        distributed.init()
+        for job in jobs:
+            run_job(job)
+    except LstmlmError as error:
+        print(f"lstmlm: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        distributed.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
