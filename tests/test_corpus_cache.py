@@ -13,9 +13,10 @@ import pytest
 from lstmlm import corpus as corpus_module
 from lstmlm.config import Config
 from lstmlm.corpus import load_corpus
-from lstmlm.corpus_cache import cache_directory
+from lstmlm.corpus_cache import FORMAT, cache_directory
 from lstmlm.errors import LstmlmError
 
+FOLDER = f"corpus-v{FORMAT}"
 TEXTS = {"train": "the cat sat\nthe dog sat on the mat\n\na cat\n", "valid": "the cat ran\n", "test": "a dog sat\n"}
 
 
@@ -60,7 +61,7 @@ def test_second_load_is_read_from_the_cache_without_tokenising(corpus_files, tmp
         assert isinstance(ids, np.memmap) and ids.dtype == np.int32
     second["train"][:] = -1  # copy-on-write: the process's copy changes, the cache does not
     assert as_lists(load_quietly(files_config(corpus_files), cache)) == as_lists(first)
-    names = sorted(path.name.split("-")[0] + path.suffix for path in (cache / "corpus-v1").glob("[iv]*"))
+    names = sorted(path.name.split("-")[0] + path.suffix for path in (cache / FOLDER).glob("[iv]*"))
     assert names == ["ids.json"] * 3 + ["ids.npy"] * 3 + ["vocabulary.json", "vocabulary.txt"]
 
 
@@ -90,7 +91,7 @@ def test_a_damaged_id_array_is_detected_and_rebuilt(corpus_files, tmp_path, dama
     cache = tmp_path / "cache"
     reference = as_lists(load_corpus(files_config(corpus_files), cache=False))
     load_quietly(files_config(corpus_files), cache)
-    records = {json.loads(path.read_text())["source"]: path for path in (cache / "corpus-v1").glob("ids-*.json")}
+    records = {json.loads(path.read_text())["source"]: path for path in (cache / FOLDER).glob("ids-*.json")}
     json_path = records[str(corpus_files["valid"])]
     DAMAGE[damage](json_path.with_suffix(".npy"), json_path)
 
@@ -106,7 +107,7 @@ def test_a_damaged_id_array_is_detected_and_rebuilt(corpus_files, tmp_path, dama
 def test_a_damaged_vocabulary_is_detected_and_rebuilt(corpus_files, tmp_path, damage):
     cache = tmp_path / "cache"
     reference = as_lists(load_quietly(files_config(corpus_files), cache))
-    (text_path,) = (cache / "corpus-v1").glob("vocabulary-*.txt")
+    (text_path,) = (cache / FOLDER).glob("vocabulary-*.txt")
     if damage == "record deleted":  # a vocabulary without its record is not used (and is no damage)
         text_path.with_suffix(".json").unlink()
         rebuilt = load_quietly(files_config(corpus_files), cache)
@@ -146,8 +147,8 @@ def test_same_vocabulary_shares_the_id_arrays(corpus_files, tmp_path):
     load_quietly(files_config(corpus_files), cache)
     corpus = load_quietly(files_config(corpus_files, max_vocabulary_size=1000), cache)
     assert corpus.cached == {"train": False, "valid": True, "test": True}
-    assert len(list((cache / "corpus-v1").glob("vocabulary-*.txt"))) == 2
-    assert len(list((cache / "corpus-v1").glob("ids-*.npy"))) == 3
+    assert len(list((cache / FOLDER).glob("vocabulary-*.txt"))) == 2
+    assert len(list((cache / FOLDER).glob("ids-*.npy"))) == 3
 
 
 def test_no_cache_leaves_no_files_and_gives_arrays_in_memory(corpus_files, tmp_path, monkeypatch):
@@ -158,7 +159,7 @@ def test_no_cache_leaves_no_files_and_gives_arrays_in_memory(corpus_files, tmp_p
     assert all(type(ids) is np.ndarray and ids.flags.writeable for ids in corpus.splits.values())
     monkeypatch.setenv("LSTMLM_NO_CACHE", "0")  # 0 / false / no / empty: the cache is on
     assert as_lists(load_quietly(files_config(corpus_files), None)) == as_lists(corpus)
-    assert list((tmp_path / "cache" / "corpus-v1").glob("ids-*.npy"))
+    assert list((tmp_path / "cache" / FOLDER).glob("ids-*.npy"))
 
 
 def test_cache_directory_from_the_environment():
@@ -180,7 +181,7 @@ def test_an_unwritable_cache_falls_back_to_no_cache(corpus_files, tmp_path):
 
 
 def test_temporary_files_of_killed_runs_are_removed(corpus_files, tmp_path):
-    folder = tmp_path / "cache" / "corpus-v1"
+    folder = tmp_path / "cache" / FOLDER
     folder.mkdir(parents=True)
     old, recent = folder / ".tmp-old.npy", folder / ".tmp-recent.npy"  # recent: maybe another run's, in progress
     old.write_bytes(b"x" * 100)
@@ -197,6 +198,6 @@ def test_a_full_disk_is_a_one_line_error(corpus_files, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(id_arrays.IdsFile, "append", disk_full)
-    with pytest.raises(LstmlmError, match=r"corpus-v1: cannot write token ids \(No space left on device\); "):
+    with pytest.raises(LstmlmError, match=rf"{FOLDER}: cannot write token ids \(No space left on device\); "):
         load_corpus(files_config(corpus_files), cache=tmp_path / "cache")
     assert not list((tmp_path / "cache").rglob(".tmp-*"))

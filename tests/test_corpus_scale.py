@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import corpus_scale  # noqa: E402
 
+from lstmlm.corpus_cache import FORMAT  # noqa: E402
+
 
 def test_zipf_text_is_reproducible_with_the_requested_token_count(tmp_path):
     words = corpus_scale.zipf_words(1000)
@@ -46,4 +48,4 @@ def test_quick_mode_measures_every_loader_and_they_agree(tmp_path):
     # each child's own peak (not its parent's): the old loader's word lists show above the imports-only baseline
     assert rows["old"]["peak_rss_load"] > size["imports"]["peak_rss_load"]
     assert f"| {total:,} |" in corpus_scale.markdown(result)
-    assert list((tmp_path / "cache-20000" / "corpus-v1").glob("ids-*.npy"))  # the benchmark's own cache
+    assert list((tmp_path / "cache-20000" / f"corpus-v{FORMAT}").glob("ids-*.npy"))  # the benchmark's own cache

@@ -2,7 +2,7 @@
 tokenising it again.
 
 Where it lives: `$LSTMLM_CACHE_DIR`, else `$XDG_CACHE_HOME/lstmlm`, else `~/.cache/lstmlm`; the entries are in
-its `corpus-v1/` folder. `LSTMLM_NO_CACHE=1` turns it off: the ids are then built in a temporary folder and
+its `corpus-vN/` folder (N = `FORMAT`). `LSTMLM_NO_CACHE=1` turns it off: the ids are then built in a temporary folder and
 read into memory. A folder that cannot be written is skipped the same way, with a warning.
 
 What is in it, and how an entry is invalidated (an entry's name is the sha256 of its key, so a changed input
@@ -34,7 +34,10 @@ from lstmlm.errors import LstmlmError
 from lstmlm.id_arrays import IdsFile, open_ids, read_ids
 from lstmlm.vocabulary import Vocabulary
 
-FORMAT = 1  # bump when tokenisation or the files change: older entries are then never read
+# Bump FORMAT whenever the words of a text, the vocabulary built from counts (Vocabulary.from_counts) or the
+# files change: every older entry is then ignored. 2: a size cap counts <unk> (a corpus of exactly max_size types
+# without <unk> is cut too), so vocabularies cached by format 1 may differ from what is built now.
+FORMAT = 2
 STALE_TEMPORARY_SECONDS = 24 * 3600  # temporary files older than this were left by a killed run
 
 
