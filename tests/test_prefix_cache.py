@@ -31,7 +31,7 @@ def test_prefix_keys_identify_prefixes():
 
 @pytest.fixture(scope="module")
 def keras_model():
-    return lstmlm.build_model(lstmlm.preset("tiny", max_vocab=60, hidden_size=24, seed=3), 60)
+    return lstmlm.build_model(lstmlm.preset("tiny", max_vocabulary_size=60, hidden_size=24, seed=3), 60)
 
 
 def equal_states(a, b):

@@ -58,7 +58,7 @@ class TorchStepModel:
 
     Example:
         >>> import lstmlm
-        >>> model = lstmlm.build_model(lstmlm.preset("tiny", max_vocab=50), 50)
+        >>> model = lstmlm.build_model(lstmlm.preset("tiny", max_vocabulary_size=50), 50)
         >>> step = TorchStepModel(model, "int8")
         >>> outputs, (h, c) = step.run([[1, 2, 3]], step.initial_states(1))
         >>> tuple(outputs.shape), tuple(h.shape), step.logits(outputs[:, -1]).shape
