@@ -79,3 +79,4 @@ def test_the_cache_is_bounded_by_memory(keras_model):
         prompt_state(step, list(rng.integers(0, 60, 12)), cache)
         assert cache.nbytes <= cache.max_bytes
     assert cache.entries == 5
+

@@ -33,7 +33,7 @@ def quantize_rows(x):
         >>> q.tolist(), scale.flatten().tolist()
         ([[64, -127], [0, 0]], [0.007874015718698502, 1.0])
     """
-    x = x.float()
+    x = x.float().contiguous()
     peak = torch.linalg.vector_norm(x, ord=float("inf"), dim=1, keepdim=True)
     scale = torch.where(peak > 0, peak / LEVELS, torch.ones_like(peak))  # an all-zero row: any scale, q = 0
     return torch.round(x / scale).clamp_(-LEVELS, LEVELS).to(torch.int8), scale
@@ -62,7 +62,7 @@ class Int8Linear:
     """
 
     def __init__(self, weight, bias=None, kernel=None):
-        weight = weight.detach().float()
+        weight = weight.detach().float().contiguous()  # prepacking reads the memory as row-major
         self.out_features, self.in_features = weight.shape
         self.weight, scale = quantize_rows(weight)  # (out, in) int8; (out, 1): one scale per output channel
         self.weight_scale = scale.flatten()  # (out,)
