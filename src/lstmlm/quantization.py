@@ -30,13 +30,19 @@ def quantize_rows(x):
 
     Example:
         >>> q, scale = quantize_rows(torch.tensor([[0.5, -1.0], [0.0, 0.0]]))
-        >>> q.tolist(), scale.flatten().tolist()
-        ([[64, -127], [0, 0]], [0.007874015718698502, 1.0])
+        >>> q.tolist(), [round(s, 6) for s in scale.flatten().tolist()]
+        ([[64, -127], [0, 0]], [0.007874, 0.0])
     """
+    levels, scale = _levels(x)
+    return levels.to(torch.int8), scale
+
+
+def _levels(x):
+    """(round(x / scale) as float32 in -127..127, scale (rows, 1)); an all-zero row gets q = 0."""
     x = x.float().contiguous()
-    peak = torch.linalg.vector_norm(x, ord=float("inf"), dim=1, keepdim=True)
-    scale = torch.where(peak > 0, peak / LEVELS, torch.ones_like(peak))  # an all-zero row: any scale, q = 0
-    return torch.round(x / scale).clamp_(-LEVELS, LEVELS).to(torch.int8), scale
+    scale = torch.linalg.vector_norm(x, ord=float("inf"), dim=1, keepdim=True).div_(LEVELS)  # row peak / 127
+    # |x / scale| <= 127 up to one rounding, so round() stays within -127..127; 0 / 0 (an all-zero row) -> 0
+    return torch.round(x / scale).nan_to_num_(0.0), scale
 
 
 def _onednn_available():
@@ -75,20 +81,21 @@ class Int8Linear:
         elif self.kernel != "int_mm":
             raise ValueError(f"unknown int8 kernel {kernel!r}")
 
-    def integer_product(self, q):
-        """(rows, in) int8 -> (rows, out) float32 holding the exact int32 sums (exact below 2**24)."""
+    def integer_product(self, levels):
+        """(rows, in) float32 integers in -127..127 -> (rows, out) float32 holding the exact int32 sums (exact
+        below 2**24, i.e. for in_features <= 1040; larger sums are still rounded the same way for every row)."""
         if self.kernel == "onednn":
             # oneDNN takes unsigned activations with a zero point: q + 128 in 1..255, zero point 128.
-            shifted = (q.to(torch.int16) + 128).to(torch.uint8)
+            shifted = levels.add(128).to(torch.uint8)
             return torch.ops.onednn.qlinear_pointwise(shifted, 1.0, 128, self._packed, self._ones,
                                                       self._zero_points, None, 1.0, 0, torch.float32, "none", [], "")
-        return torch._int_mm(q, self.weight.t()).float()
+        return torch._int_mm(levels.to(torch.int8), self.weight.t()).float()
 
     def __call__(self, x):
         """x: (..., in_features) float -> (..., out_features) float32."""
         shape = x.shape
-        q, scale = quantize_rows(x.reshape(-1, self.in_features))
-        y = self.integer_product(q).mul_(self.weight_scale).mul_(scale)  # (rows, out)
+        levels, scale = _levels(x.reshape(-1, self.in_features))
+        y = self.integer_product(levels).mul_(self.weight_scale).mul_(scale)  # (rows, out)
         if self.bias is not None:
             y.add_(self.bias)
         return y.reshape(*shape[:-1], self.out_features)
