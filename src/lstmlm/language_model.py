@@ -90,6 +90,11 @@ class LanguageModel:
         """The LSTM state (one row) after the prompt's ids, through the prefix cache."""
         return prompt_state(self.step_model, ids, self.prefix_cache)
 
+    def _all_logits(self, ids):
+        """Logits (positions, vocabulary) float64 after each of `ids`, from a zero state."""
+        outputs, _ = self.step_model.run([ids], self.step_model.initial_states(1))
+        return np.asarray(self.step_model.logits(outputs[0]), dtype=np.float64)
+
     def _next_logits(self, states):
         """Logits (rows, vocabulary) float32 of the word after each row's state: the top layer's h is its output."""
         return self.step_model.logits(states[0][-1])
@@ -208,8 +213,7 @@ class LanguageModel:
         ids, words, unknown = self.encode_prompt(text)
         if len(ids) < 2:
             raise LstmlmError("score: the text has no words")
-        outputs, _ = self.step_model.run([ids[:-1]], self.step_model.initial_states(1))
-        log_probs = np.asarray(self.step_model.logits(outputs[0]), dtype=np.float64)  # (positions, vocabulary)
+        log_probs = self._all_logits(ids[:-1])  # (positions, vocabulary)
         log_probs = log_probs - np.logaddexp.reduce(log_probs, axis=-1, keepdims=True)
         values = [float(log_probs[t, ids[t + 1]]) for t in range(len(ids) - 1)]
         total = float(sum(values))
