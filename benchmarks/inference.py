@@ -57,13 +57,23 @@ def language_model(name, precision, prefix_cache_bytes=0):
 
 
 def median_seconds(function, repeats):
+    """(median wall seconds, median CPU seconds of this process) over `repeats` calls after one warm-up.
+
+    CPU time counts only the time this process ran (all its threads): on a shared machine it is much less
+    inflated than wall time, and with one thread it is close to what a quiet core would take."""
     function()  # warm-up
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - started)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def rates(name, seconds, count):
+    """{name: count / wall seconds, name_cpu: count / CPU seconds}."""
+    return {name: count / seconds[0], f"{name}_cpu": count / max(seconds[1], 1e-9)}
 
 
 def prompt_text(count, offset=0):
@@ -76,8 +86,9 @@ def measure_lstmlm(model, calls, repeats, num_words, samples):
     greedy = median_seconds(lambda: model.generate(prompt, num_words, temperature=0), repeats)
     batched = median_seconds(lambda: model.generate(prompt, num_words, temperature=1.0, seed=1,
                                                     num_samples=samples), repeats)
-    return {"latency_ms": 1000 * latency, "greedy_words_per_second": num_words / greedy,
-            "batched_words_per_second": samples * num_words / batched,
+    return {"latency_ms": 1000 * latency[0], "latency_cpu_ms": 1000 * latency[1],
+            **rates("greedy_words_per_second", greedy, num_words),
+            **rates("batched_words_per_second", batched, samples * num_words),
             "bytes_per_word": model.step_model.nbytes_per_word()}
 
 
@@ -117,9 +128,10 @@ def measure_onnx(model, calls, repeats, num_words, samples, threads):
         for _ in range(num_words):
             logits, h, c = step(sample_rows(RandomSampler(1.0), logits, rngs), h, c)
 
-    return {"latency_ms": 1000 * median_seconds(prompt, calls),
-            "greedy_words_per_second": num_words / median_seconds(greedy, repeats),
-            "batched_words_per_second": samples * num_words / median_seconds(batched, repeats),
+    latency = median_seconds(prompt, calls)
+    return {"latency_ms": 1000 * latency[0], "latency_cpu_ms": 1000 * latency[1],
+            **rates("greedy_words_per_second", median_seconds(greedy, repeats), num_words),
+            **rates("batched_words_per_second", median_seconds(batched, repeats), samples * num_words),
             "bytes_per_word": model.step_model.nbytes_per_word()}
 
 
@@ -128,18 +140,21 @@ def measure_typing(name, precision, words, repeats):
     text = prompt_text(words, offset=5).split()
     result = {}
     for label, cache_bytes in (("with_cache", 64 * 2**20), ("without_cache", 0)):
-        timings = []
+        timings, cpu_timings = [], []
         for _ in range(repeats):
             model = language_model(name, precision, cache_bytes)  # a fresh cache each time
             model.predict_next(text[0])
             for n in range(1, words + 1):
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 model.predict_next(" ".join(text[:n]))
                 timings.append(time.perf_counter() - started)
+                cpu_timings.append(time.process_time() - cpu)
         timings.sort()
         result[label] = {"median_ms": 1000 * statistics.median(timings),
                          "p90_ms": 1000 * timings[int(0.9 * len(timings))],
-                         "mean_ms": 1000 * statistics.fmean(timings)}
+                         "mean_ms": 1000 * statistics.fmean(timings),
+                         "median_cpu_ms": 1000 * statistics.median(cpu_timings),
+                         "mean_cpu_ms": 1000 * statistics.fmean(cpu_timings)}
     return result
 
 
@@ -149,9 +164,9 @@ def memory_bandwidth(megabytes=512, repeats=5):
 
     source = np.ones(megabytes * 2**20 // 8)
     target = np.empty_like(source)
-    copy = median_seconds(lambda: np.copyto(target, source), repeats)
+    copy = median_seconds(lambda: np.copyto(target, source), repeats)[0]
     tensor = torch.ones(megabytes * 2**20 // 4)
-    read = median_seconds(lambda: tensor.sum(), repeats)
+    read = median_seconds(lambda: tensor.sum(), repeats)[0]
     return {"megabytes": megabytes, "numpy_copy_gb_per_s": 2 * source.nbytes / copy / 1e9,
             "torch_sum_read_gb_per_s": tensor.numel() * 4 / read / 1e9}
 
@@ -189,8 +204,9 @@ def run(presets, calls, repeats, num_words, samples, typing_words, threads, onnx
 
 
 def format_row(row):
-    return (f"{row['latency_ms']:.2f} ms | {row['greedy_words_per_second']:,.0f} words/s | "
-            f"{row['batched_words_per_second']:,.0f} words/s | {row['bytes_per_word'] / 1e6:.1f} MB")
+    return (f"{row['latency_ms']:.2f} / {row['latency_cpu_ms']:.2f} ms | {row['greedy_words_per_second']:,.0f} / "
+            f"{row['greedy_words_per_second_cpu']:,.0f} words/s | {row['batched_words_per_second']:,.0f} / "
+            f"{row['batched_words_per_second_cpu']:,.0f} words/s | {row['bytes_per_word'] / 1e6:.1f} MB")
 
 
 def markdown(result):
@@ -199,19 +215,20 @@ def markdown(result):
              f"{', '.join(f'{x:.1f}' for x in result['load_average_before'])} before, "
              f"{', '.join(f'{x:.1f}' for x in result['load_average_after'])} after.", ""]
     for name, size in result["sizes"].items():
-        lines += [f"**{name}**", "",
+        lines += [f"**{name}** (each cell: wall / CPU time of the process)", "",
                   f"| precision | next-word latency, 30-word prompt (ms) | greedy (words/s) | batched, "
                   f"{settings['samples']} samples (words/s) | weight bytes per word |", "|---|---|---|---|---|"]
         for precision, row in size["rows"].items():
-            lines.append(f"| {precision} | {row['latency_ms']:.2f} | {row['greedy_words_per_second']:,.0f} | "
-                         f"{row['batched_words_per_second']:,.0f} | {row['bytes_per_word'] / 1e6:.1f} MB |")
+            lines.append(f"| {precision} | {format_row(row).replace(' ms', '').replace(' words/s', '')} |")
         lines += ["", f"Typing a {settings['typing_words']}-word text, one request per word "
                       "(`predict_next` of the words so far):", "",
-                  "| precision | prefix cache | median ms | p90 ms | mean ms |", "|---|---|---|---|---|"]
+                  "| precision | prefix cache | median ms (wall / CPU) | p90 ms (wall) | mean ms (wall / CPU) |",
+                  "|---|---|---|---|---|"]
         for precision, typing in size["typing"].items():
             for label, row in typing.items():
-                lines.append(f"| {precision} | {label.replace('_', ' ')} | {row['median_ms']:.2f} | "
-                             f"{row['p90_ms']:.2f} | {row['mean_ms']:.2f} |")
+                lines.append(f"| {precision} | {label.replace('_', ' ')} | {row['median_ms']:.2f} / "
+                             f"{row['median_cpu_ms']:.2f} | {row['p90_ms']:.2f} | {row['mean_ms']:.2f} / "
+                             f"{row['mean_cpu_ms']:.2f} |")
         lines.append("")
     bandwidth = result["memory_bandwidth"]
     lines.append(f"Memory bandwidth ({bandwidth['megabytes']} MB arrays): numpy copy "
