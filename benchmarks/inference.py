@@ -159,16 +159,18 @@ def measure_typing(name, precision, words, repeats):
 
 
 def memory_bandwidth(megabytes=512, repeats=5):
-    """GB/s: numpy copy (read + write) and torch sum (read) over `megabytes`-MB arrays."""
+    """GB/s: numpy copy (read + write) and torch sum (read) over `megabytes`-MB arrays, by wall and CPU time."""
     import torch
 
     source = np.ones(megabytes * 2**20 // 8)
     target = np.empty_like(source)
-    copy = median_seconds(lambda: np.copyto(target, source), repeats)[0]
+    copy = median_seconds(lambda: np.copyto(target, source), repeats)
     tensor = torch.ones(megabytes * 2**20 // 4)
-    read = median_seconds(lambda: tensor.sum(), repeats)[0]
-    return {"megabytes": megabytes, "numpy_copy_gb_per_s": 2 * source.nbytes / copy / 1e9,
-            "torch_sum_read_gb_per_s": tensor.numel() * 4 / read / 1e9}
+    read = median_seconds(lambda: tensor.sum(), repeats)
+    return {"megabytes": megabytes, "numpy_copy_gb_per_s": 2 * source.nbytes / copy[0] / 1e9,
+            "numpy_copy_gb_per_cpu_s": 2 * source.nbytes / copy[1] / 1e9,
+            "torch_sum_read_gb_per_s": tensor.numel() * 4 / read[0] / 1e9,
+            "torch_sum_read_gb_per_cpu_s": tensor.numel() * 4 / read[1] / 1e9}
 
 
 def precisions():
@@ -198,7 +200,7 @@ def run(presets, calls, repeats, num_words, samples, typing_words, threads, onnx
                 log(f"{name} onnx: skipped ({error})")
         typing = {p: measure_typing(name, p, typing_words, 1) for p in ("float32", "int8")}
         result["sizes"][name] = {"rows": rows, "typing": typing}
-    result["memory_bandwidth"] = memory_bandwidth(bandwidth_mb)
+    result["memory_bandwidth"] = [memory_bandwidth(mb) for mb in sorted({bandwidth_mb, 36, 9})]
     result["load_average_after"] = os.getloadavg()
     return result
 
@@ -230,10 +232,12 @@ def markdown(result):
                              f"{row['median_cpu_ms']:.2f} | {row['p90_ms']:.2f} | {row['mean_ms']:.2f} / "
                              f"{row['mean_cpu_ms']:.2f} |")
         lines.append("")
-    bandwidth = result["memory_bandwidth"]
-    lines.append(f"Memory bandwidth ({bandwidth['megabytes']} MB arrays): numpy copy "
-                 f"{bandwidth['numpy_copy_gb_per_s']:.1f} GB/s (read + write), torch sum "
-                 f"{bandwidth['torch_sum_read_gb_per_s']:.1f} GB/s (read).")
+    lines += ["Memory bandwidth, one thread (GB/s by wall / by CPU time):", "",
+              "| array | numpy copy (read + write) | torch sum (read) |", "|---|---|---|"]
+    for bandwidth in result["memory_bandwidth"]:
+        lines.append(f"| {bandwidth['megabytes']} MB | {bandwidth['numpy_copy_gb_per_s']:.1f} / "
+                     f"{bandwidth['numpy_copy_gb_per_cpu_s']:.1f} | {bandwidth['torch_sum_read_gb_per_s']:.1f} / "
+                     f"{bandwidth['torch_sum_read_gb_per_cpu_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,7 @@ def test_quick_mode_reports_every_precision_onnx_typing_and_bandwidth():
     assert rows["int8"]["bytes_per_word"] < rows["float32"]["bytes_per_word"] / 3  # int8 weights + scales
     typing = result["sizes"]["tiny"]["typing"]
     assert set(typing) == {"float32", "int8"} and typing["int8"]["with_cache"]["median_ms"] > 0
-    assert result["memory_bandwidth"]["numpy_copy_gb_per_s"] > 0
+    assert [b["megabytes"] for b in result["memory_bandwidth"]] == [4, 9, 36]
+    assert all(b["numpy_copy_gb_per_s"] > 0 and b["torch_sum_read_gb_per_cpu_s"] > 0 for b in result["memory_bandwidth"])
     text = inference.markdown(result)
     assert "| int8 |" in text and "onnx" in text and "Memory bandwidth" in text and result["machine"] in text
