@@ -140,13 +140,12 @@ class LanguageModel:
             except LstmlmError as error:
                 results[i] = error
         step = self.step_model
-        pad = None if step.batch_invariant or rows is None else rows
-        for first in range(0, len(states), pad or max(1, len(states))):
-            chunk = states[first:first + (pad or len(states))]
-            batch = step.join(chunk)
-            if pad and len(chunk) < pad:  # zero rows up to `pad`: the same product shape every time
-                batch = step.join([batch, *[step.initial_states(1)] * (pad - len(chunk))])
-            logits = self._next_logits(batch)
+        pad = bool(rows) and not step.batch_invariant  # then every product has exactly `rows` rows
+        size = rows if pad else max(1, len(states))
+        for first in range(0, len(states), size):
+            chunk = states[first:first + size]
+            padding = [step.initial_states(1)] * (size - len(chunk)) if pad else []  # zero rows
+            logits = self._next_logits(step.join(chunk + padding))
             for row, (i, top_k, unknown) in enumerate(where[first:first + len(chunk)]):
                 results[i] = {"predictions": self._top(softmax(logits[row]), top_k), "unknown_words": unknown}
         return results
