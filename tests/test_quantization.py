@@ -41,3 +41,4 @@ def test_bfloat16_products():
     got = Bfloat16Linear(weight, bias)(x)
     assert got.dtype == torch.float32
     assert torch.allclose(got, x @ weight.t() + bias, atol=0.02 * float((x @ weight.t()).abs().max()))
+

@@ -71,13 +71,17 @@ class RandomSampler:
     def allowed(self, logits):
         return np.arange(len(logits))
 
-    def probabilities(self, logits):
-        """The distribution sampled from: zero outside `allowed`, renormalised inside."""
+    def scaled(self, logits):
+        """(logits - max) / temperature in float64, over the last axis (a batch of rows: each as if alone)."""
         logits = np.asarray(logits, dtype=np.float64)
         # Shift before dividing: (logits - max) / T is <= 0, so a tiny temperature gives -inf (probability 0),
         # never inf - inf = nan as logits / T would for T = 1e-310.
         with np.errstate(over="ignore"):  # overflow to -inf is intended: those words get probability 0
-            logits = (logits - logits.max()) / self.temperature
+            return (logits - logits.max(axis=-1, keepdims=True)) / self.temperature
+
+    def probabilities(self, logits):
+        """The distribution sampled from: zero outside `allowed`, renormalised inside."""
+        logits = self.scaled(logits)
         allowed = self.allowed(logits)
         probabilities = np.zeros(len(logits))
         probabilities[allowed] = softmax(logits[allowed])
@@ -130,8 +134,7 @@ def sample_rows(sampler, logits, rngs):
     if type(sampler) is GreedySampler:
         return [int(i) for i in np.argmax(logits, axis=1)]
     if type(sampler) is RandomSampler:  # every word allowed: the distribution of all rows in one go
-        scaled = logits if sampler.temperature == 1 else np.asarray(logits, dtype=np.float64) / sampler.temperature
-        return [int(i) for i in draw(softmax(scaled), rngs)]
+        return [int(i) for i in draw(softmax(sampler.scaled(logits)), rngs)]
     return [sampler(row, rng) for row, rng in zip(logits, rngs)]
 
 
