@@ -117,15 +117,14 @@ class LanguageModel:
         probabilities = softmax(self._next_logits(self._prompt_states(ids))[0])
         return {"predictions": self._top(probabilities, top_k), "unknown_words": unknown}
 
-    def predict_next_batch(self, requests, rows=None):
-        """`predict_next` for several (text, top_k) requests at once; each answer independent of the others.
+    def predict_next_batch(self, requests):
+        """`predict_next` for several (text, top_k) requests at once: the same answers, bit for bit.
 
-        Each prompt's state comes through the prefix cache on its own (one row, as predict_next computes it);
-        the softmax layer -- the largest matrix -- then runs once for all rows. Where the precision's products
-        are not batch invariant (float32, bfloat16: BLAS rounds by the number of rows), the rows are padded with
-        zero rows to exactly `rows` (the micro-batcher's largest batch) every time, so an answer never depends on
-        how many or which requests shared its batch. (It may differ from predict_next's, which uses one row, in
-        the last bits.)
+        Each prompt's state comes through the prefix cache on its own (one row, as predict_next computes it).
+        Where the precision's products are batch invariant (int8: integer sums), the softmax layer -- the largest
+        matrix -- then runs once for all rows. In float32 and bfloat16 BLAS rounds a product of many rows
+        differently from a product of one (by the number of rows, not by the other rows' values), so there each
+        row's product runs alone: an answer never depends on which requests shared the call.
 
         Returns a list of result dicts, or of LstmlmError for a request that was bad.
         """
@@ -139,15 +138,15 @@ class LanguageModel:
                 where.append((i, top_k, unknown))
             except LstmlmError as error:
                 results[i] = error
+        if not states:
+            return results
         step = self.step_model
-        pad = bool(rows) and not step.batch_invariant  # then every product has exactly `rows` rows
-        size = rows if pad else max(1, len(states))
-        for first in range(0, len(states), size):
-            chunk = states[first:first + size]
-            padding = [step.initial_states(1)] * (size - len(chunk)) if pad else []  # zero rows
-            logits = self._next_logits(step.join(chunk + padding))
-            for row, (i, top_k, unknown) in enumerate(where[first:first + len(chunk)]):
-                results[i] = {"predictions": self._top(softmax(logits[row]), top_k), "unknown_words": unknown}
+        if step.batch_invariant:
+            logits = self._next_logits(step.join(states))
+        else:
+            logits = np.concatenate([self._next_logits(state) for state in states])
+        for row, (i, top_k, unknown) in enumerate(where):
+            results[i] = {"predictions": self._top(softmax(logits[row]), top_k), "unknown_words": unknown}
         return results
 
     def generate(self, prompt="", num_words=DEFAULT_NUM_WORDS, temperature=1.0, top_k=0, top_p=1.0, seed=None,

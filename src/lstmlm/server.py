@@ -15,9 +15,10 @@ the keys are those of `lstmlm predict/generate --json`.
 The model is loaded once, before the server listens, in the precision chosen by `--precision` (else the one
 saved in the run: lstmlm/precision.py); requests name no files. Keras/torch model calls are not thread-safe, so
 every call holds one lock (FastAPI runs the endpoints in a thread pool). /v1/next requests that arrive within
-`--batch-window-ms` of each other run as one batch (micro_batching.py, LanguageModel.predict_next_batch): a
-request's answer never depends on which others shared its batch; `--no-micro-batching` answers them one at a
-time. Prompts go through the model's prefix-state cache, so a text that grows by a word costs a word. Every
+`--batch-window-ms` of each other run as one call in one worker thread (micro_batching.py); in int8 their
+softmax-layer products run as one (LanguageModel.predict_next_batch), in float32/bfloat16 each row alone (BLAS
+rounds by the number of rows): every answer is bit-identical to `predict_next`'s, whichever requests shared its
+batch. `--no-micro-batching` answers them one at a time under the lock. Prompts go through the model's prefix-state cache, so a text that grows by a word costs a word. Every
 error a client can cause is a 4xx with a JSON body {"error": "one line", "details": [...]}; never a traceback.
 
 FastAPI and uvicorn are the `serve` extra: they are imported inside functions so `lstmlm --help` stays fast
@@ -99,6 +100,14 @@ def _request_models(limits):
         text: str = Field(description="the text to score", min_length=1, **text_field)
 
     return NextRequest, GenerateRequest, ScoreRequest
+
+
+def _answer(function, *args):
+    """function(*args), or the LstmlmError it raised (the micro-batcher raises it in that request's thread)."""
+    try:
+        return function(*args)
+    except LstmlmError as error:
+        return error
 
 
 def _check_word_count(text, limits):
@@ -188,7 +197,9 @@ def create_app(language_model, limits=Limits(), batching=Batching()):
 
     def next_batch(requests):  # [(text, top_k)] -> results; the model still runs one call at a time
         with lock:
-            return language_model.predict_next_batch(requests, rows=batching.max_batch)
+            if language_model.step_model.batch_invariant:  # int8: one softmax-layer product for the batch
+                return language_model.predict_next_batch(requests)
+            return [_answer(language_model.predict_next, *request) for request in requests]  # each row alone
 
     batcher = MicroBatcher(next_batch, batching.window_ms / 1000, batching.max_batch) if batching.enabled else None
     page = resources.files("lstmlm").joinpath("web/index.html").read_text(encoding="utf-8")
