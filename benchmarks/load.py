@@ -10,10 +10,14 @@ Args (command line):
     --clients N --requests M               M requests in all, N at a time (each client keeps one connection)
     --num-words W                          /v1/generate: words per request
     --out PREFIX                           default test-artifacts/load-ENDPOINT
+    --serve-flags "..."                    extra flags for `lstmlm serve` (e.g. "--precision int8")
+    --compare-batching                     /v1/next with micro-batching and with the plain lock (--no-micro-batching),
+                                           for each of --clients-list (default 1,8,32): one table
 
 Example:
     python benchmarks/load.py --tiny --clients 8 --requests 400
     python benchmarks/load.py --run-dir runs/ptb-small --clients 4 --requests 200 --endpoint next
+    python benchmarks/load.py --run-dir runs/ptb-small --compare-batching --requests 400
 """
 
 import argparse
@@ -51,10 +55,10 @@ def train_tiny(folder):
     return train(config, out=folder / "run", progress=False, log=lambda line: None)
 
 
-def start_server(run_dir):
-    """`lstmlm serve RUN_DIR --port 0` in a subprocess; returns (process, base URL) once /health answers."""
+def start_server(run_dir, flags=()):
+    """`lstmlm serve RUN_DIR --port 0 FLAGS` in a subprocess; returns (process, base URL) once /health answers."""
     process = subprocess.Popen([sys.executable, "-m", "lstmlm", "serve", str(run_dir), "--port", "0",
-                                "--log-level", "warning"], stderr=subprocess.PIPE, text=True)
+                                "--log-level", "warning", *flags], stderr=subprocess.PIPE, text=True)
     line = process.stderr.readline()
     found = re.search(r"at (http://\S+?)/ ", line)
     if not found:
@@ -144,16 +148,22 @@ def main():
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--num-words", type=int, default=20, help="/v1/generate: words per request")
     parser.add_argument("--out", help="output prefix (default test-artifacts/load-ENDPOINT)")
+    parser.add_argument("--serve-flags", default="", help="extra flags for lstmlm serve")
+    parser.add_argument("--compare-batching", action="store_true",
+                        help="/v1/next with and without micro-batching for each of --clients-list")
+    parser.add_argument("--clients-list", default="1,8,32")
     args = parser.parse_args()
     if args.clients <= 0 or args.requests <= 0:
         parser.error("--clients and --requests must be positive")
+    if args.compare_batching:
+        return compare_batching(args)
 
     process = None
     with tempfile.TemporaryDirectory() as folder:
         url = args.url.rstrip("/") if args.url else None
         if not url:
             run_dir = train_tiny(Path(folder)) if args.tiny else args.run_dir
-            process, url = start_server(run_dir)
+            process, url = start_server(run_dir, args.serve_flags.split())
         try:
             result = measure(url, args.endpoint, args.clients, args.requests, args.num_words)
         finally:
@@ -167,6 +177,42 @@ def main():
     print(markdown(result), end="")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}", file=sys.stderr)
     return 1 if result["errors"] else 0
+
+
+def compare_batching(args):
+    """One table: /v1/next requests/s, p50 and p99 with micro-batching and with the plain lock, per client count."""
+    import os
+
+    from lstmlm.machine import describe
+
+    clients_list = [int(n) for n in args.clients_list.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        run_dir = train_tiny(Path(folder)) if args.tiny else args.run_dir
+        for label, flags in (("micro-batching", []), ("plain lock", ["--no-micro-batching"])):
+            process, url = start_server(run_dir, [*flags, *args.serve_flags.split()])
+            try:
+                for clients in clients_list:
+                    result = measure(url, "next", clients, args.requests, args.num_words)
+                    rows.append({"server": label, **result})
+                    print(f"{label}, {clients} clients: {result['requests_per_second']} requests/s, "
+                          f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, errors {result['errors']}",
+                          file=sys.stderr)
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+    header = (f"`{' '.join(sys.argv)}` -- {describe()}; load average {os.getloadavg()[0]:.1f} at the end; "
+              f"model {rows[0]['model']} ({rows[0]['parameters']:,} parameters)\n\n")
+    table = ["| server | clients | requests/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    table += [f"| {r['server']} | {r['clients']} | {r['requests_per_second']:.1f} | {r['p50_ms']:.1f} | "
+              f"{r['p99_ms']:.1f} | {r['errors']} |" for r in rows]
+    text = header + "\n".join(table) + "\n"
+    out = Path(args.out or "test-artifacts/load-batching")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    out.with_suffix(".md").write_text(text)
+    print(text, end="")
+    return 1 if any(r["errors"] for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -120,3 +120,17 @@ def test_tiny_temperature_is_greedy_not_nan(temperature):
         probabilities = sampler.probabilities(LOGITS * 1e3)
         assert probabilities.tolist() == [0, 1, 0, 0, 0, 0]
         assert set(draws(sampler, LOGITS, 50).tolist()) == {1}
+
+
+def test_sample_rows_equals_one_row_at_a_time():
+    """The batched sampler (batched generation) draws exactly what each row would draw alone."""
+    import numpy as np
+
+    from lstmlm.samplers import make_sampler, sample_rows
+
+    logits = np.random.default_rng(0).normal(0, 3, (16, 300)).astype(np.float32)
+    for settings in (dict(temperature=0), dict(temperature=1.0), dict(temperature=0.7), dict(temperature=1e-310),
+                     dict(temperature=1.3, top_k=5), dict(temperature=0.9, top_p=0.8)):
+        sampler = make_sampler(**settings)
+        rows = sample_rows(sampler, logits, [np.random.default_rng(i) for i in range(16)])
+        assert rows == [sampler(row, np.random.default_rng(i)) for i, row in enumerate(logits)], settings

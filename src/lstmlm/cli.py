@@ -5,8 +5,12 @@
     lstmlm evaluate  RUN_DIR [--split valid|test | --file FILE] [--evaluation-batch-size N] [--json]
     lstmlm predict   RUN_DIR --text "..." [--top-k K] [--json]  |  RUN_DIR --split test --skip 40 --count 10
     lstmlm generate  RUN_DIR [--prompt "..."] [--num-words N] [--temperature T] [--top-k K] [--top-p P]
-                     [--seed S] [--json]
-    lstmlm serve | plot | inspect  (see their --help)
+                     [--seed S] [--num-samples N] [--json]
+    lstmlm score     RUN_DIR (--text "..." | --file FILE) [--json]
+    lstmlm serve | export | plot | inspect | download  (see their --help)
+
+evaluate, predict, generate, score and serve take --precision auto|float32|bfloat16|int8; without it the
+precision saved in the run is used (the rule: lstmlm/precision.py).
 
 Results go to stdout, progress and notes to stderr. `--json` prints the library's result dict as it is
 (`LanguageModel.evaluate`, `predict_next`, `generate`): the same keys as the server's JSON. A bad argument or
@@ -24,8 +28,8 @@ import typing
 
 from lstmlm.errors import LstmlmError
 
-EXTRA_VERBS = {"serve": "lstmlm.server", "plot": "lstmlm.plots", "inspect": "lstmlm.inspection",
-               "download": "lstmlm.download"}
+EXTRA_VERBS = {"serve": "lstmlm.server", "export": "lstmlm.export", "plot": "lstmlm.plots",
+               "inspect": "lstmlm.inspection", "download": "lstmlm.download"}
 
 
 def one_line(text):
@@ -211,6 +215,15 @@ class DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def add_precision(parser):
+    """--precision for the verbs that run a trained model (the rule is in lstmlm/precision.py)."""
+    from lstmlm.precision import PRECISIONS
+
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="auto (bfloat16 where the CPU/GPU has it, else float32), float32 (exact), bfloat16 or "
+                             "int8; default: the precision saved in the run")
+
+
 def add_evaluate(subparsers):
     parser = subparsers.add_parser("evaluate", help="perplexity and accuracy of a run on a split or file")
     parser.add_argument("run_dir")
@@ -222,6 +235,7 @@ def add_evaluate(subparsers):
     parser.add_argument("--batch-size", dest="evaluation_batch_size", type=int, action=DeprecatedAlias,
                         replacement="--evaluation-batch-size")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    add_precision(parser)
     parser.set_defaults(run=run_evaluate)
 
 
@@ -230,7 +244,7 @@ def run_evaluate(args):
 
     if args.evaluation_batch_size <= 0:
         raise LstmlmError(f"--evaluation-batch-size must be positive, got {args.evaluation_batch_size}")
-    result = load(args.run_dir).evaluate(split=args.split or "test", file=args.file,
+    result = load(args.run_dir, args.precision).evaluate(split=args.split or "test", file=args.file,
                                          evaluation_batch_size=args.evaluation_batch_size)
     print(json.dumps(result) if args.json else format_evaluation(result))
     return 0
@@ -250,6 +264,7 @@ def add_predict(subparsers):
     parser.add_argument("--skip", type=int, default=40, help="tutorial report: first window start")
     parser.add_argument("--count", type=int, default=10, help="tutorial report: number of words")
     parser.add_argument("--json", action="store_true")
+    add_precision(parser)
     parser.set_defaults(run=run_predict)
 
 
@@ -260,7 +275,7 @@ def run_predict(args):
         raise LstmlmError("predict: give exactly one of --text or --split")
     if args.skip < 0 or args.count <= 0:
         raise LstmlmError("predict: --skip must be >= 0 and --count positive")
-    model = load(args.run_dir)
+    model = load(args.run_dir, args.precision)
     if args.split:
         _print_actual_vs_predicted(model, args.split, args.skip, args.count, args.json)
         return 0
@@ -287,7 +302,10 @@ def add_generate(subparsers):
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0 = all)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1 = off)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (same seed, same text)")
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help="N continuations in one batch; sample i is what --seed SEED+i gives alone")
     parser.add_argument("--json", action="store_true")
+    add_precision(parser)
     parser.set_defaults(run=run_generate)
 
 
@@ -296,13 +314,52 @@ def run_generate(args):
 
     if args.seed is not None and args.seed < 0:  # numpy's default_rng refuses it with a ValueError
         raise LstmlmError(f"--seed must be >= 0, got {args.seed}")
-    result = load(args.run_dir).generate(args.prompt, args.num_words, args.temperature, args.top_k, args.top_p,
-                                         args.seed)
+    result = load(args.run_dir, args.precision).generate(args.prompt, args.num_words, args.temperature,
+                                                         args.top_k, args.top_p, args.seed, args.num_samples)
+    _warn_unknown(result["unknown_words"])
+    prompt = " ".join(result["prompt_words"]) + " " if result["prompt_words"] else ""
+    if args.json:
+        print(json.dumps(result))
+    elif args.num_samples is None:
+        print(prompt + result["text"])
+    else:
+        for i, sample in enumerate(result["samples"]):
+            print(f"--- sample {i + 1} (seed {sample['seed']}) ---")
+            print(prompt + sample["text"])
+    return 0
+
+
+def add_score(subparsers):
+    parser = subparsers.add_parser("score", help="log-probability of every word of a text, and its perplexity")
+    parser.add_argument("run_dir")
+    text = parser.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="the text to score")
+    text.add_argument("--file", help="a UTF-8 text file to score (read as one text)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_precision(parser)
+    parser.set_defaults(run=run_score)
+
+
+def run_score(args):
+    from lstmlm.language_model import load
+
+    if args.file is not None:
+        try:
+            text = open(args.file, encoding="utf-8").read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise LstmlmError(f"--file {args.file}: cannot read it ({getattr(error, 'strerror', None) or error})") \
+                from None
+    else:
+        text = args.text
+    result = load(args.run_dir, args.precision).score(text)
     _warn_unknown(result["unknown_words"])
     if args.json:
         print(json.dumps(result))
-    else:
-        print((" ".join(result["prompt_words"]) + " " if result["prompt_words"] else "") + result["text"])
+        return 0
+    for entry in result["word_scores"]:
+        print(f"{entry['log_probability']:9.4f}  {entry['word']}")
+    print(f"total log-probability {result['total_log_probability']:.4f} nats | {result['tokens']} tokens | "
+          f"perplexity {result['perplexity']:.2f}")
     return 0
 
 
@@ -310,7 +367,7 @@ def build_parser():
     parser = Parser(prog="lstmlm", description="Word-level LSTM language models (Keras 3).")
     parser.add_argument("--version", action="version", version=__import__("lstmlm").__version__)
     subparsers = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
-    for add in (add_train, add_evaluate, add_predict, add_generate):
+    for add in (add_train, add_evaluate, add_predict, add_generate, add_score):
         add(subparsers)
     for verb, module in EXTRA_VERBS.items():
         try:

@@ -31,11 +31,18 @@ def _scores(logits, targets):
 
 
 def _run_stream(model, inputs, targets, states, chunk_length, totals):
-    """inputs, targets: (batch, length) numpy; adds to totals; returns the final states."""
+    """inputs, targets: (batch, length) numpy; adds to totals; returns the final states.
+
+    `model` is an LSTMLanguageModel (training's validation) or a step model (step_model.py: inference in the
+    precision chosen for it)."""
     for start in range(0, inputs.shape[1], chunk_length):
-        x = ops.convert_to_tensor(inputs[:, start:start + chunk_length], dtype="int32")
         y = ops.convert_to_tensor(targets[:, start:start + chunk_length], dtype="int32")
-        logits, states = model.call_with_states(x, states, training=False)
+        if hasattr(model, "call_with_states"):
+            x = ops.convert_to_tensor(inputs[:, start:start + chunk_length], dtype="int32")
+            logits, states = model.call_with_states(x, states, training=False)
+        else:
+            outputs, states = model.run(inputs[:, start:start + chunk_length], states)
+            logits = ops.convert_to_tensor(model.logits(outputs))
         for i, value in enumerate(_scores(logits, y)):
             totals[i] += value
     return states
@@ -45,7 +52,8 @@ def evaluate_ids(model, ids, vocabulary=None, evaluation_batch_size=1, chunk_len
     """Score a text given as ids.
 
     Args:
-        model: an LSTMLanguageModel.
+        model: an LSTMLanguageModel (run under `precision`: training's autocast) or a step model (which has its
+            own precision; `precision` is then ignored).
         ids: the text as ids (1-D).
         vocabulary: if given and it has `<eos>`, the text is preceded by `<eos>` so its first token is scored.
         evaluation_batch_size: parallel streams (1 = exact).
@@ -68,7 +76,10 @@ def evaluate_ids(model, ids, vocabulary=None, evaluation_batch_size=1, chunk_len
         states = _run_stream(model, inputs, targets, model.initial_states(batch_size), chunk_length, totals)
         rest = len(ids) - 1 - batch_size * length
         if rest:  # continue the last stream over the tokens the cut left over
-            last_state = [(h[-1:], c[-1:]) for h, c in states]
+            if hasattr(model, "call_with_states"):
+                last_state = [(h[-1:], c[-1:]) for h, c in states]
+            else:
+                last_state = model.row(states, batch_size - 1)
             start = batch_size * length
             _run_stream(model, ids[None, start:start + rest], ids[None, start + 1:start + rest + 1], last_state,
                         chunk_length, totals)
@@ -78,7 +89,8 @@ def evaluate_ids(model, ids, vocabulary=None, evaluation_batch_size=1, chunk_len
             "top5_accuracy": totals[2] / tokens, "seconds": time.perf_counter() - started}
 
 
-def evaluate(run, split="test", file=None, evaluation_batch_size=1, chunk_length=256):
+def evaluate(run, split="test", file=None, evaluation_batch_size=1, chunk_length=256, precision=None,
+             step_model=None):
     """Evaluate a loaded run on a split of its own corpus (bundled) or on any text file.
 
     The corpus is re-read from its recorded source only when `split` is used; with `file`, only that file.
@@ -89,6 +101,8 @@ def evaluate(run, split="test", file=None, evaluation_batch_size=1, chunk_length
         file: any UTF-8 text file instead of a split.
         evaluation_batch_size: parallel streams (1 = exact, the state carried over the whole text).
         chunk_length: time steps per forward call (does not change the result).
+        precision: None = the run's saved precision, or auto/float32/bfloat16/int8 (the rule: precision.py).
+        step_model: the step model to run (a LanguageModel passes its own); overrides `precision`.
     Returns:
         {"split" (the split or the file's path), "tokens", "loss" (nats), "perplexity", "accuracy",
         "top5_accuracy", "seconds", "num_unknown_words" (the text's words, with repeats, read as <unk>)}.
@@ -99,8 +113,10 @@ def evaluate(run, split="test", file=None, evaluation_batch_size=1, chunk_length
         (ids, num_unknown), name = encode_file(file, run.vocabulary, run.config.lowercase), str(file)
     else:
         (ids, num_unknown), name = read_split(run.config, split, run.vocabulary), split
-    precision = torch_backend.resolve_precision(run.config.precision)
-    if precision == "bfloat16" and not torch_backend.bfloat16_supported():
-        precision = "float32"  # trained in bfloat16 elsewhere (a GPU); this machine has no bfloat16 kernels
-    result = evaluate_ids(run.model, ids, run.vocabulary, evaluation_batch_size, chunk_length, precision)
+    if step_model is None:
+        from lstmlm.precision import inference_precision
+        from lstmlm.step_model import make_step_model
+
+        step_model = make_step_model(run.model, inference_precision(precision, run.config.precision))
+    result = evaluate_ids(step_model, ids, run.vocabulary, evaluation_batch_size, chunk_length)
     return {"split": name, **result, "num_unknown_words": num_unknown}

@@ -1,48 +1,64 @@
 """The trained model as users call it: next-word prediction, generation, scoring and evaluation.
 
-`load(run_dir)` reads only the run directory. A prompt is split into words like the corpus (whitespace),
-each word is looked up as written, then lower-cased, then without surrounding punctuation; what is still not
-found becomes `<unk>` and is reported. Every prompt is preceded by `<eos>`: the model starts it as a sentence.
+`load(run_dir, precision=None)` reads only the run directory. A prompt is split into words like the corpus
+(whitespace), each word is looked up as written, then lower-cased, then without surrounding punctuation; what is
+still not found becomes `<unk>` and is reported. Every prompt is preceded by `<eos>`: the model starts it as a
+sentence.
+
+The network runs as a step model (step_model.py) in the precision chosen by the one rule in precision.py
+(`precision=` wins, else the precision saved in the run). Prompts go through a prefix-state cache
+(prefix_cache.py): a prompt that extends an earlier one costs only its new words, with bit-identical results.
 """
 
 import string
 import warnings
 
 import numpy as np
-from keras import ops
 
-from lstmlm import torch_backend
 from lstmlm.errors import LstmlmError
 from lstmlm.metrics import perplexity
+from lstmlm.precision import inference_precision
+from lstmlm.prefix_cache import PrefixCache, prompt_state
 from lstmlm.run_directory import load_run
-from lstmlm.samplers import make_sampler, softmax
+from lstmlm.samplers import make_sampler, sample_rows, softmax
+from lstmlm.step_model import make_step_model
 from lstmlm.tokenizer import EOS, UNK, split_words
 
 DEFAULT_NUM_WORDS = 30  # words `generate` adds when not told: the CLI, the API, the server and the web page
+DEFAULT_PREFIX_CACHE_BYTES = 64 * 2**20  # ~8,000 prompt states of a 2x500 model (8 KB each)
 
 
 class LanguageModel:
     """A loaded run directory.
 
+    Args:
+        run: a loaded run (`lstmlm.run_directory.load_run`).
+        precision: None (the run's saved precision), "auto", "float32", "bfloat16" or "int8" (see precision.py).
+        prefix_cache_bytes: memory bound of the prefix-state cache (0 = no cache).
+
     Example:
-        >>> model = load("runs/ptb-small")                          # doctest: +SKIP
+        >>> model = load("runs/ptb-small", precision="int8")        # doctest: +SKIP
         >>> model.predict_next("the stock market", top_k=3)       # doctest: +SKIP
         {'predictions': [{'word': 'is', 'probability': 0.09}, ...], 'unknown_words': []}
     """
 
-    def __init__(self, run):
+    def __init__(self, run, precision=None, prefix_cache_bytes=DEFAULT_PREFIX_CACHE_BYTES):
         self.run = run
         self.model = run.model
         self.vocabulary = run.vocabulary
         self.config = run.config
         self.eos_id = self.vocabulary.index.get(EOS)
-        # The weights are fixed after loading, so their torch-layout copies are made once and kept (a user who
+        self.precision = inference_precision(precision, run.config.precision)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None
+        # The weights are converted to the precision and layout of the step model once and kept (a user who
         # changes self.model's weights must call refresh()).
-        self._weight_copies = {}
+        self.step_model = make_step_model(self.model, self.precision)
 
     def refresh(self):
-        """Forget the cached weight copies (after changing the model's weights)."""
-        self._weight_copies = {}
+        """Rebuild the step model and empty the prefix cache (after changing the model's weights)."""
+        self.step_model = make_step_model(self.model, self.precision)
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
 
     # ---- words <-> ids --------------------------------------------------------------------------------
     def lookup(self, word):
@@ -70,17 +86,24 @@ class LanguageModel:
         return ids, words, unknown
 
     # ---- model steps ----------------------------------------------------------------------------------
-    def _forward(self, ids, states=None):
-        """Logits of the last position (numpy float64) and the states after it."""
-        with torch_backend.no_grad(), torch_backend.cached_weights(self._weight_copies):
-            x = ops.convert_to_tensor(np.asarray(ids, dtype=np.int32)[None, :])
-            logits, states = self.model.call_with_states(x, states, training=False, last_only=True)
-            return np.asarray(torch_backend.to_numpy(logits[0, -1]), dtype=np.float64), states
+    def _prompt_states(self, ids):
+        """The LSTM state (one row) after the prompt's ids, through the prefix cache."""
+        return prompt_state(self.step_model, ids, self.prefix_cache)
 
     def _all_logits(self, ids):
-        with torch_backend.no_grad(), torch_backend.cached_weights(self._weight_copies):
-            logits, _ = self.model.call_with_states(ops.convert_to_tensor(np.asarray(ids, dtype=np.int32)[None, :]))
-            return np.asarray(torch_backend.to_numpy(logits[0]), dtype=np.float64)  # (time, vocab)
+        """Logits (positions, vocabulary) float64 after each of `ids`, from a zero state."""
+        outputs, _ = self.step_model.run([ids], self.step_model.initial_states(1))
+        return np.asarray(self.step_model.logits(outputs[0]), dtype=np.float64)
+
+    def _next_logits(self, states):
+        """Logits (rows, vocabulary) float32 of the word after each row's state: the top layer's h is its output."""
+        return self.step_model.logits(states[0][-1])
+
+    def _top(self, probabilities, top_k):
+        top_k = min(top_k, len(probabilities))
+        top = np.argpartition(-probabilities, top_k - 1)[:top_k]  # the k largest, then sorted
+        top = top[np.argsort(-probabilities[top], kind="stable")]
+        return [{"word": self.vocabulary.words[i], "probability": float(probabilities[i])} for i in top]
 
     # ---- the public verbs -----------------------------------------------------------------------------
     def predict_next(self, text, top_k=5):
@@ -91,40 +114,93 @@ class LanguageModel:
         if top_k <= 0:
             raise LstmlmError(f"--top-k must be positive, got {top_k}")
         ids, _, unknown = self.encode_prompt(text)
-        probabilities = softmax(self._forward(ids)[0])
-        top_k = min(top_k, len(probabilities))
-        top = np.argpartition(-probabilities, top_k - 1)[:top_k]  # the k largest, then sorted
-        top = top[np.argsort(-probabilities[top], kind="stable")]
-        return {"predictions": [{"word": self.vocabulary.words[i], "probability": float(probabilities[i])}
-                                for i in top],
-                "unknown_words": unknown}
+        probabilities = softmax(self._next_logits(self._prompt_states(ids))[0])
+        return {"predictions": self._top(probabilities, top_k), "unknown_words": unknown}
 
-    def generate(self, prompt="", num_words=DEFAULT_NUM_WORDS, temperature=1.0, top_k=0, top_p=1.0, seed=None, *,
-                 words=None):
+    def predict_next_batch(self, requests):
+        """`predict_next` for several (text, top_k) requests at once: the same answers, bit for bit.
+
+        Each prompt's state comes through the prefix cache on its own (one row, as predict_next computes it).
+        Where the precision's products are batch invariant (int8: integer sums), the softmax layer -- the largest
+        matrix -- then runs once for all rows. In float32 and bfloat16 BLAS rounds a product of many rows
+        differently from a product of one (by the number of rows, not by the other rows' values), so there each
+        row's product runs alone: an answer never depends on which requests shared the call.
+
+        Returns a list of result dicts, or of LstmlmError for a request that was bad.
+        """
+        results, states, where = [None] * len(requests), [], []
+        for i, (text, top_k) in enumerate(requests):
+            try:
+                if top_k <= 0:
+                    raise LstmlmError(f"--top-k must be positive, got {top_k}")
+                ids, _, unknown = self.encode_prompt(text)
+                states.append(self._prompt_states(ids))
+                where.append((i, top_k, unknown))
+            except LstmlmError as error:
+                results[i] = error
+        if not states:
+            return results
+        step = self.step_model
+        if step.batch_invariant:
+            logits = self._next_logits(step.join(states))
+        else:
+            logits = np.concatenate([self._next_logits(state) for state in states])
+        for row, (i, top_k, unknown) in enumerate(where):
+            results[i] = {"predictions": self._top(softmax(logits[row]), top_k), "unknown_words": unknown}
+        return results
+
+    def generate(self, prompt="", num_words=DEFAULT_NUM_WORDS, temperature=1.0, top_k=0, top_p=1.0, seed=None,
+                 num_samples=None, *, words=None):
         """Continue the prompt word by word, carrying the LSTM state (each step feeds one word).
 
         Returns {"prompt_words", "words", "text", "unknown_words"}: `words` are the num_words generated words,
         `text` the same with <eos> as newlines. `words=` is the deprecated name of `num_words`.
+
+        With `num_samples=N`, N continuations run as one batch (one matrix product per layer and word for all of
+        them), sample i drawing from its own Generator seeded with seed + i: sample i is what
+        `generate(..., seed=seed + i)` gives alone (exactly in int8; in float32/bfloat16 a word could differ only
+        where two candidates' probabilities tie to within the batch's rounding, ~1e-6). Without a seed, a random
+        base seed is drawn and reported. Returns {"prompt_words", "samples": [{"seed", "words", "text"}],
+        "unknown_words"}.
         """
         if words is not None:
             warnings.warn("generate(words=...) is deprecated; use num_words=", DeprecationWarning, stacklevel=2)
             num_words = words
         if num_words < 0:
             raise LstmlmError(f"--num-words must be >= 0, got {num_words}")
+        if num_samples is not None and num_samples < 1:
+            raise LstmlmError(f"--num-samples must be positive, got {num_samples}")
         try:
             sampler = make_sampler(temperature, top_k, top_p)
         except ValueError as error:
             raise LstmlmError(f"sampling: {error}") from None
-        rng = np.random.default_rng(seed)
         ids, prompt_words, unknown = self.encode_prompt(prompt)
-        out = []
-        with torch_backend.cached_weights(self._weight_copies):
-            logits, states = self._forward(ids)
-            for _ in range(num_words):
-                index = sampler(logits, rng)
-                out.append(self.vocabulary.words[index])
-                logits, states = self._forward([index], states)
-        return {"prompt_words": prompt_words, "words": out, "text": join_words(out), "unknown_words": unknown}
+        if num_samples is None:
+            out = self._generate_rows(ids, num_words, sampler, [np.random.default_rng(seed)])[0]
+            return {"prompt_words": prompt_words, "words": out, "text": join_words(out), "unknown_words": unknown}
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        seeds = [seed + i for i in range(num_samples)]
+        rows = self._generate_rows(ids, num_words, sampler, [np.random.default_rng(s) for s in seeds])
+        return {"prompt_words": prompt_words,
+                "samples": [{"seed": s, "words": w, "text": join_words(w)} for s, w in zip(seeds, rows)],
+                "unknown_words": unknown}
+
+    def _generate_rows(self, ids, num_words, sampler, rngs):
+        """One continuation of `ids` per Generator, all rows stepped together; lists of words."""
+        step = self.step_model
+        states = self._prompt_states(ids)
+        logits = np.repeat(self._next_logits(states), len(rngs), axis=0)  # (rows, vocabulary)
+        states = step.repeat(states, len(rngs))
+        out = [[] for _ in rngs]
+        for position in range(num_words):
+            chosen = sample_rows(sampler, logits, rngs)
+            for row, index in zip(out, chosen):
+                row.append(self.vocabulary.words[index])
+            if position + 1 < num_words:
+                _, states = step.run(np.asarray(chosen)[:, None], states)
+                logits = self._next_logits(states)
+        return out
 
     def score(self, text):
         """Log-probability (nats) of every word of `text` given the words before it (and a leading <eos>).
@@ -135,7 +211,7 @@ class LanguageModel:
         ids, words, unknown = self.encode_prompt(text)
         if len(ids) < 2:
             raise LstmlmError("score: the text has no words")
-        log_probs = self._all_logits(ids[:-1])
+        log_probs = self._all_logits(ids[:-1])  # (positions, vocabulary)
         log_probs = log_probs - np.logaddexp.reduce(log_probs, axis=-1, keepdims=True)
         values = [float(log_probs[t, ids[t + 1]]) for t in range(len(ids) - 1)]
         total = float(sum(values))
@@ -149,7 +225,7 @@ class LanguageModel:
         from lstmlm.evaluate import evaluate
 
         return evaluate(self.run, split=split, file=file, evaluation_batch_size=evaluation_batch_size,
-                        chunk_length=chunk_length)
+                        chunk_length=chunk_length, step_model=self.step_model)
 
     def actual_vs_predicted(self, ids, skip=40, count=10):
         """The tutorial's report: for windows of num_steps words starting at skip, skip+1, ..., the word that
@@ -161,8 +237,8 @@ class LanguageModel:
         actual, predicted = [], []
         for i in range(count):
             window = ids[skip + i : skip + i + steps]
-            logits, _ = self._forward(window)
-            predicted.append(self.vocabulary.words[int(np.argmax(logits))])
+            _, states = self.step_model.run([window], self.step_model.initial_states(1))
+            predicted.append(self.vocabulary.words[int(np.argmax(self._next_logits(states)[0]))])
             actual.append(self.vocabulary.words[int(ids[skip + i + steps])])
         return {"actual": actual, "predicted": predicted}
 
@@ -178,6 +254,13 @@ def join_words(words):
         .replace(EOS, "\n")
 
 
-def load(run_dir):
-    """Load a run directory for prediction, generation, scoring and evaluation."""
-    return LanguageModel(load_run(run_dir))
+def load(run_dir, precision=None, prefix_cache_bytes=DEFAULT_PREFIX_CACHE_BYTES):
+    """Load a run directory for prediction, generation, scoring and evaluation.
+
+    Args:
+        run_dir: the run directory.
+        precision: None = the precision saved in the run; or "auto", "float32", "bfloat16", "int8"
+            (the rule: lstmlm.precision).
+        prefix_cache_bytes: memory for the prefix-state cache (0 = none).
+    """
+    return LanguageModel(load_run(run_dir), precision, prefix_cache_bytes)

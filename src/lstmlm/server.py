@@ -12,14 +12,20 @@
 Every answer is the library's result dict as it is (`LanguageModel.predict_next`, `generate`, `score`), so
 the keys are those of `lstmlm predict/generate --json`.
 
-The model is loaded once, before the server listens; requests name no files. Keras/torch model calls are not
-thread-safe, so every call holds one lock (FastAPI runs the endpoints in a thread pool). Every error a client
-can cause is a 4xx with a JSON body {"error": "one line", "details": [...]}; never a traceback.
+The model is loaded once, before the server listens, in the precision chosen by `--precision` (else the one
+saved in the run: lstmlm/precision.py); requests name no files. Keras/torch model calls are not thread-safe, so
+every call holds one lock (FastAPI runs the endpoints in a thread pool). /v1/next requests that arrive within
+`--batch-window-ms` of each other run as one call in one worker thread (micro_batching.py); in int8 their
+softmax-layer products run as one (LanguageModel.predict_next_batch), in float32/bfloat16 each row alone (BLAS
+rounds by the number of rows): every answer is bit-identical to `predict_next`'s, whichever requests shared its
+batch. `--no-micro-batching` answers them one at a time under the lock. Prompts go through the model's prefix-state cache, so a text that grows by a word costs a word. Every
+error a client can cause is a 4xx with a JSON body {"error": "one line", "details": [...]}; never a traceback.
 
 FastAPI and uvicorn are the `serve` extra: they are imported inside functions so `lstmlm --help` stays fast
 and works without them.
 """
 
+import argparse
 import dataclasses
 import json
 import socket
@@ -47,6 +53,20 @@ class Limits:
     max_num_words: int = 500  # /v1/generate: words to generate
     max_top_k: int = 100
     max_temperature: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Batching:
+    """How /v1/next requests are grouped: within `window_ms` of the first, at most `max_batch`; or not at all.
+
+    Example:
+        >>> Batching(enabled=False).max_batch
+        32
+    """
+
+    enabled: bool = True
+    window_ms: float = 1.5
+    max_batch: int = 32
 
 
 # ---- request bodies -------------------------------------------------------------------------------------
@@ -80,6 +100,14 @@ def _request_models(limits):
         text: str = Field(description="the text to score", min_length=1, **text_field)
 
     return NextRequest, GenerateRequest, ScoreRequest
+
+
+def _answer(function, *args):
+    """function(*args), or the LstmlmError it raised (the micro-batcher raises it in that request's thread)."""
+    try:
+        return function(*args)
+    except LstmlmError as error:
+        return error
 
 
 def _check_word_count(text, limits):
@@ -143,12 +171,13 @@ def _validation_message(errors):
     return f"{where}: {first.get('msg', 'invalid request')}{more}"
 
 
-def create_app(language_model, limits=Limits()):
+def create_app(language_model, limits=Limits(), batching=Batching()):
     """The FastAPI app serving one loaded model.
 
     Args:
         language_model: a `lstmlm.language_model.LanguageModel` (from `load(run_dir)`), loaded once.
         limits: the request bounds.
+        batching: micro-batching of /v1/next.
 
     Example:
         >>> app = create_app(load("runs/tiny"))                  # doctest: +SKIP
@@ -161,15 +190,25 @@ def create_app(language_model, limits=Limits()):
     from starlette.exceptions import HTTPException
 
     from lstmlm.language_model import DEFAULT_NUM_WORDS
+    from lstmlm.micro_batching import MicroBatcher
 
     NextRequest, GenerateRequest, ScoreRequest = _request_models(limits)
     lock = threading.Lock()
+
+    def next_batch(requests):  # [(text, top_k)] -> results; the model still runs one call at a time
+        with lock:
+            if language_model.step_model.batch_invariant:  # int8: one softmax-layer product for the batch
+                return language_model.predict_next_batch(requests)
+            return [_answer(language_model.predict_next, *request) for request in requests]  # each row alone
+
+    batcher = MicroBatcher(next_batch, batching.window_ms / 1000, batching.max_batch) if batching.enabled else None
     page = resources.files("lstmlm").joinpath("web/index.html").read_text(encoding="utf-8")
     model_name = language_model.run.path.resolve().name  # the directory's name, never the full path
     health = {"status": "ok", "model": model_name, "vocabulary_size": len(language_model.vocabulary),
               "parameters": int(language_model.model.count_params()),
               "hidden_size": language_model.config.hidden_size, "num_layers": language_model.config.num_layers,
               "lowercase": language_model.config.lowercase, "default_num_words": DEFAULT_NUM_WORDS,
+              "precision": language_model.precision, "micro_batching": dataclasses.asdict(batching),
               "limits": dataclasses.asdict(limits)}
 
     app = FastAPI(title="lstmlm", version=__import__("lstmlm").__version__,
@@ -214,6 +253,8 @@ def create_app(language_model, limits=Limits()):
         """The `top_k` most likely next words after `text`, most likely first: {"predictions": [{"word",
         "probability"}], "unknown_words"}."""
         _check_word_count(request.text, limits)
+        if batcher is not None:
+            return batcher.submit((request.text, request.top_k))
         with lock:
             return language_model.predict_next(request.text, request.top_k)
 
@@ -234,6 +275,7 @@ def create_app(language_model, limits=Limits()):
         with lock:
             return language_model.score(request.text)
 
+    app.state.batcher = batcher  # app.state.batcher.close() stops its worker thread (a daemon otherwise)
     return app
 
 
@@ -276,6 +318,15 @@ def add_parser(subparsers):
                         help=f"largest request body accepted (default {Limits.max_request_bytes})")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (info logs every request)")
+    parser.add_argument("--micro-batching", default=True, action=argparse.BooleanOptionalAction,
+                        help="run /v1/next requests that arrive together as one batch (default on)")
+    parser.add_argument("--batch-window-ms", type=float, default=Batching.window_ms,
+                        help=f"how long a batch waits for more requests (default {Batching.window_ms} ms)")
+    parser.add_argument("--max-batch", type=int, default=Batching.max_batch,
+                        help=f"most /v1/next requests in one batch (default {Batching.max_batch})")
+    from lstmlm.cli import add_precision
+
+    add_precision(parser)
     parser.set_defaults(run=run_serve)
 
 
@@ -290,9 +341,12 @@ def run_serve(args):
         raise LstmlmError(f"--port must be in 0..65535, got {args.port}")
     if args.max_request_bytes <= 0:
         raise LstmlmError(f"--max-request-bytes must be positive, got {args.max_request_bytes}")
+    if not 0 <= args.batch_window_ms <= 1000 or args.max_batch < 1:
+        raise LstmlmError("--batch-window-ms must be in 0..1000 and --max-batch positive")
     from lstmlm.language_model import load
 
-    app = create_app(load(args.run_dir), Limits(max_request_bytes=args.max_request_bytes))
+    batching = Batching(args.micro_batching, args.batch_window_ms, args.max_batch)
+    app = create_app(load(args.run_dir, args.precision), Limits(max_request_bytes=args.max_request_bytes), batching)
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -1,0 +1,50 @@
+"""The one rule for the numeric precision of inference (predict, generate, score, evaluate, serve, `load()`).
+
+1. `--precision` (the API's `precision=`) wins when given: auto, float32, bfloat16 or int8.
+2. Otherwise the precision saved in the run's config.json (`precision`, what training was asked for: auto by
+   default) is used. int8 is never saved: it is an inference-only choice.
+3. `auto` means bfloat16 where the hardware computes in it natively (a CPU with avx512_bf16 or AMX, a CUDA GPU
+   with bf16), else float32 -- the same meaning as in training.
+4. bfloat16 is used only where the hardware has it: asked for on the command line elsewhere, it is an error;
+   saved in a run trained elsewhere (a GPU), it falls back to float32.
+5. bfloat16 and int8 need the torch backend; on other Keras backends only float32 runs.
+
+float32 is the exact reference: the trained weights as they are. bfloat16 stores the weights and the LSTM state in
+bfloat16; int8 stores the LSTM and softmax weights in int8 (see quantization.py); both are approximations whose
+cost in perplexity is measured in docs/benchmarks.md.
+"""
+
+from lstmlm import torch_backend
+from lstmlm.errors import LstmlmError
+
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")
+
+
+def inference_precision(requested=None, saved="auto"):
+    """The precision inference runs in, by the rule above.
+
+    Args:
+        requested: the --precision flag / `precision=` argument, or None.
+        saved: the run's config `precision` (auto, float32 or bfloat16).
+    Returns:
+        'float32', 'bfloat16' or 'int8'.
+
+    Example:
+        >>> inference_precision("int8", saved="bfloat16")
+        'int8'
+        >>> inference_precision(None, saved="float32")
+        'float32'
+    """
+    if requested is not None and requested not in PRECISIONS:
+        raise LstmlmError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    choice = requested or saved or "auto"
+    if choice == "auto":
+        return "bfloat16" if torch_backend.bfloat16_supported() else "float32"
+    if choice == "bfloat16" and not torch_backend.bfloat16_supported():
+        if requested is None:
+            return "float32"  # trained in bfloat16 on other hardware; this machine has no bfloat16 kernels
+        raise LstmlmError("--precision bfloat16: this machine has no native bfloat16 (needs a CPU with "
+                          "avx512_bf16/AMX or a CUDA GPU with bf16, and the torch backend); use auto, float32 or int8")
+    if choice == "int8" and not torch_backend.is_torch():
+        raise LstmlmError("--precision int8 needs the torch backend (KERAS_BACKEND=torch)")
+    return choice
