@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -18,8 +19,8 @@ from keras import ops
 
 from lstmlm import run_directory as rd
 from lstmlm import training as train_module
-from lstmlm.batches import num_stream_batches
 from lstmlm.adaptive_softmax import AdaptiveInput, AdaptiveSoftmax, parse_cutoffs, resolve_cutoffs
+from lstmlm.batches import num_stream_batches
 from lstmlm.cli import main
 from lstmlm.config import Config
 from lstmlm.errors import LstmlmError
@@ -173,6 +174,8 @@ def test_cutoffs_are_parsed_checked_and_resolved():
     assert Config(cutoffs=[20, 100]).cutoffs == "20,100"  # a JSON config's list
     with pytest.raises(LstmlmError, match="--cutoffs"):
         Config(softmax="adaptive", cutoffs="9,3").validate()
+    with pytest.raises(LstmlmError, match="only the adaptive softmax has clusters"):
+        Config(cutoffs="9,30").validate()
     with pytest.raises(LstmlmError, match="--softmax must be one of full, adaptive"):
         Config(softmax="hierarchical").validate()
 
@@ -325,21 +328,24 @@ def test_cli_rejects_bad_cutoffs_before_writing_anything(toy_corpus, tmp_path, c
 def test_an_adaptive_run_gives_the_same_numbers_on_jax(adaptive_run, toy_corpus):
     """The layer is keras.ops only: the torch-trained run predicts and evaluates identically on JAX."""
     pytest.importorskip("jax")
+    from lstmlm.language_model import load
+
     out, _ = adaptive_run
     script = ("import json, sys, keras, lstmlm\nfrom lstmlm.language_model import load\nm = load(sys.argv[1])\n"
               "print(json.dumps({'backend': keras.backend.backend(), 'next': m.predict_next('the cat', 5),"
-              " 'ppl': m.evaluate(file=sys.argv[2])['perplexity']}))")
-    results = []
-    for backend in ("torch", "jax"):
-        done = subprocess.run([sys.executable, "-c", script, str(out), str(toy_corpus["test"])], capture_output=True,
-                              text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": backend})
-        assert done.returncode == 0, done.stderr[-2000:]
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    on_torch, on_jax = results
-    assert (on_torch["backend"], on_jax["backend"]) == ("torch", "jax")
-    words = [[e["word"] for e in entries(r["next"])] for r in results]
-    assert words[0] == words[1]
-    assert on_jax["ppl"] == pytest.approx(on_torch["ppl"], rel=1e-5)
+              " 'perplexity': m.evaluate(file=sys.argv[2])['perplexity']}))")
+    done = subprocess.run([sys.executable, "-c", script, str(out), str(toy_corpus["test"])], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    on_jax = json.loads(done.stdout.strip().splitlines()[-1])
+    model = load(out)
+    on_torch = {"next": model.predict_next("the cat", 5),
+                "perplexity": model.evaluate(file=toy_corpus["test"])["perplexity"]}
+    assert on_jax["backend"] == "jax"
+    assert [e["word"] for e in entries(on_jax["next"])] == [e["word"] for e in entries(on_torch["next"])]
+    for a, b in zip(entries(on_jax["next"]), entries(on_torch["next"])):
+        assert a["probability"] == pytest.approx(b["probability"], rel=1e-4)
+    assert on_jax["perplexity"] == pytest.approx(on_torch["perplexity"], rel=1e-5)
 
 
 def test_resume_of_an_adaptive_copy_leaves_the_original_untouched(adaptive_run, tmp_path):
@@ -351,3 +357,22 @@ def test_resume_of_an_adaptive_copy_leaves_the_original_untouched(adaptive_run, 
     shutil.copytree(out, copy)
     train(Config(epochs=4), resume=copy, log=lambda line: None, progress=False)
     assert len(read_history(copy)) == 4 and tree_digest(out) == before
+
+
+# ---- the benchmark's quick mode --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_benchmark_quick_mode_reports_every_variant(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import adaptive_softmax as benchmark
+
+    result = benchmark.run_quick(warmup=1, steps=2, repeats=1, log=lambda line: None)
+    assert result["mode"] == "quick" and result["tokens_per_step"] == 4 * 10
+    assert set(result["variants"]) == set(benchmark.VARIANTS)
+    for row in result["variants"].values():
+        assert row["timed_steps"] == 2 and row["tokens_per_second"] > 0 and math.isfinite(row["loss_last"])
+    rows = result["variants"]
+    assert rows["adaptive, untied"]["parameters"] < rows["full, untied"]["parameters"]
+    assert set(result["speedup_adaptive_over_full"]) == {"untied", "tied"}
+    assert {"cpu", "torch_threads", "load_average_1_5_15", "command"} <= set(result["environment"])
+    path = benchmark.write(result, tmp_path / "quick")
+    assert json.loads(path.read_text())["variants"]["full, tied"]["tokens_per_second"] > 0

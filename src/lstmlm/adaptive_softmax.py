@@ -192,7 +192,8 @@ class AdaptiveSoftmax(keras.layers.Layer):
         self.bounds = band_bounds(self.cutoffs, vocabulary_size)
         self.sizes = band_sizes(input_size, len(self.bounds), factor)
         if not self.cutoffs or self.cutoffs[-1] >= vocabulary_size:
-            raise ValueError(f"cutoffs {self.cutoffs} must be non-empty and below the vocabulary size {vocabulary_size}")
+            raise ValueError(f"cutoffs {self.cutoffs} must be non-empty and below the vocabulary size "
+                             f"{vocabulary_size}")
 
     @property
     def shortlist(self):
@@ -227,8 +228,8 @@ class AdaptiveSoftmax(keras.layers.Layer):
             if bands is None:
                 raise ValueError("a tied AdaptiveSoftmax needs the AdaptiveInput's bands")
             return ops.concatenate([bands[0][0], ops.convert_to_tensor(self.cluster_vectors)], axis=0), bands[1:]
-        return ops.convert_to_tensor(self.head), [
-            (ops.convert_to_tensor(v), ops.convert_to_tensor(p)) for v, p in zip(self.tail_vectors, self.tail_projections)]
+        tails = zip(self.tail_vectors, self.tail_projections)
+        return ops.convert_to_tensor(self.head), [(ops.convert_to_tensor(v), ops.convert_to_tensor(p)) for v, p in tails]
 
     def _head_log_probs(self, hidden, head):
         logits = ops.matmul(hidden, ops.transpose(head)) + self.head_bias  # (..., c_1 + k)

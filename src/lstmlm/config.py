@@ -136,6 +136,9 @@ class Config:
         if self.tie_weights and self.embedding_size not in (0, self.hidden_size):
             raise LstmlmError("--tie-weights needs --embedding-size equal to --hidden-size")
         parse_cutoffs(self.cutoffs)  # increasing positive integers (checked against the vocabulary in build_model)
+        if self.cutoffs and self.softmax != "adaptive":
+            raise LstmlmError(f"--cutoffs {self.cutoffs}: only the adaptive softmax has clusters "
+                              "(add --softmax adaptive)")
         if (self.valid is None) != (self.train is None):
             raise LstmlmError("--train and --valid must be given together")
         if self.test is not None and self.train is None:
