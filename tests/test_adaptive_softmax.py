@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_config, tree_digest
+from helpers import tiny_config, tree_digest
 from keras import ops
 
 from lstmlm import run_directory as rd
@@ -178,6 +178,14 @@ def test_cutoffs_are_parsed_checked_and_resolved():
         Config(cutoffs="9,30").validate()
     with pytest.raises(LstmlmError, match="--softmax must be one of full, adaptive"):
         Config(softmax="hierarchical").validate()
+
+
+def test_the_model_refuses_bad_cutoffs_from_a_damaged_config():
+    for cutoffs in (None, [], [17, 6], [6, 6], [0, 6], [6, VOCAB], ["6"], [True, 6]):
+        with pytest.raises(ValueError, match="cutoffs must be increasing positive integers"):
+            make(cutoffs=cutoffs)
+    with pytest.raises(ValueError, match="softmax must be 'full' or 'adaptive'"):
+        make(softmax="sampled")
 
 
 # ---- serialisation ---------------------------------------------------------------------------------------

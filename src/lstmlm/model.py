@@ -82,7 +82,12 @@ class LSTMLanguageModel(keras.Model):
         self.cutoffs = list(cutoffs or [])
         adaptive = softmax == "adaptive"
         if softmax not in ("full", "adaptive"):
-            raise ValueError(f"softmax must be 'full' or 'adaptive', got {softmax!r}")
+            raise ValueError(f"LSTMLanguageModel: softmax must be 'full' or 'adaptive', got {softmax!r}")
+        integers = all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in self.cutoffs)
+        if adaptive and not (self.cutoffs and integers and self.cutoffs == sorted(set(self.cutoffs))
+                             and 0 < self.cutoffs[0] and self.cutoffs[-1] < vocabulary_size):
+            raise ValueError(f"LSTMLanguageModel: cutoffs must be increasing positive integers below the "
+                             f"vocabulary size {vocabulary_size}, got {cutoffs!r}")
         if tie_weights and embedding_size != hidden_size:
             raise ValueError("tie_weights needs embedding_size == hidden_size")
 
