@@ -145,6 +145,9 @@ def equivalence_configs(toy_corpus):
         "adam": tiny_config(toy_corpus, batch_size=10),
         # the tutorial's windows, sharded by rows the same way
         "window": tiny_config(toy_corpus, batch_size=10, batching="window", num_steps=6, skip_step=3),
+        # the adaptive softmax: each rank computes only its own targets' clusters (the last, <unk> alone, is
+        # never a target: its weights are unused in every step)
+        "adaptive": tiny_config(toy_corpus, batch_size=10, softmax="adaptive", cutoffs="4,12,25"),
     }
 
 
@@ -167,7 +170,7 @@ def two_ranks(toy_corpus, tmp_path_factory):
     return {"base": base, "configs": configs, "output": output, "single_interrupted": single_interrupted}
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "window"])
+@pytest.mark.parametrize("name", ["sgd", "adam", "window", "adaptive"])
 def test_two_ranks_of_5_streams_equal_one_process_of_10(two_ranks, tmp_path, name):
     config, ddp = two_ranks["configs"][name], two_ranks["base"] / name
     losses = single_process(config, tmp_path / "single")

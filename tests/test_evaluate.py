@@ -14,14 +14,19 @@ from lstmlm.vocabulary import Vocabulary
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module")
-def setup():
+SOFTMAX = {"full": {}, "adaptive": dict(softmax="adaptive", cutoffs=[3, 7]),
+           "adaptive-tied": dict(softmax="adaptive", cutoffs=[3, 7], tie_weights=True)}
+
+
+@pytest.fixture(scope="module", params=list(SOFTMAX))
+def setup(request):
+    """A random model and text, once per softmax kind (the adaptive ones return log-probabilities)."""
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in rng.integers(0, 12, 300)] + [EOS] * 20
     rng.shuffle(words)
     vocabulary = Vocabulary.build(words)
     model = LSTMLanguageModel(vocabulary_size=len(vocabulary), embedding_size=8, hidden_size=8, num_layers=2,
-                              init_scale=0.5, seed=2)
+                              init_scale=0.5, seed=2, **SOFTMAX[request.param])
     model.build((None, None))
     ids = np.asarray(vocabulary.encode(words[:97]), dtype=np.int32)
     return model, vocabulary, ids

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lstmlm.adaptive_softmax import parse_cutoffs
 from lstmlm.errors import LstmlmError
 
 
@@ -50,6 +51,14 @@ class Config:
         "DropConnect on the recurrent weights (Merity et al. 2017)"))
     tie_weights: bool = field(default=False, metadata=_help(
         "share the embedding and softmax weights (Press & Wolf 2017); needs embedding_size == hidden_size"))
+    softmax: str = field(default="full", metadata=_help(
+        "'full': one softmax over the vocabulary; 'adaptive': Grave et al. 2017's adaptive softmax over frequency "
+        "clusters, exact probabilities and a much cheaper training step on large vocabularies (with "
+        "--tie-weights the input embeddings become adaptive too, Baevski & Auli 2019)", choices=("full", "adaptive")))
+    cutoffs: str = field(default="", metadata=_help(
+        "adaptive softmax: cluster boundaries as word ids (ids are sorted by descending count), comma-separated: "
+        "'2000,10000' = the 2,000 most frequent words in the head, then ids 2,000-9,999, then the rest; "
+        "'' = automatic (vocabulary size / 16 and / 3); a JSON config may give a list"))
     init_scale: float = field(default=0.1, metadata=_help("uniform(-s, s) initialisation; 0 = Keras defaults"))
     # ---- training -------------------------------------------------------------------------------------
     epochs: int = field(default=13, metadata=_help("training epochs"))
@@ -87,6 +96,10 @@ class Config:
         "a step whose loss or gradient is nan/inf is skipped; this many in a row stop training"))
     tensorboard: bool = field(default=False, metadata=_help("also write TensorBoard logs to RUN_DIR/tensorboard"))
 
+    def __post_init__(self):
+        if isinstance(self.cutoffs, (list, tuple)):  # a JSON config's list -> the flag's text form
+            self.cutoffs = ",".join(str(c) for c in self.cutoffs)
+
     def validate(self):
         """Raise LstmlmError naming the first bad field."""
         for f in dataclasses.fields(self):
@@ -122,6 +135,10 @@ class Config:
                                   f"got {getattr(self, f.name)!r}")
         if self.tie_weights and self.embedding_size not in (0, self.hidden_size):
             raise LstmlmError("--tie-weights needs --embedding-size equal to --hidden-size")
+        parse_cutoffs(self.cutoffs)  # increasing positive integers (checked against the vocabulary in build_model)
+        if self.cutoffs and self.softmax != "adaptive":
+            raise LstmlmError(f"--cutoffs {self.cutoffs}: only the adaptive softmax has clusters "
+                              "(add --softmax adaptive)")
         if (self.valid is None) != (self.train is None):
             raise LstmlmError("--train and --valid must be given together")
         if self.test is not None and self.train is None:

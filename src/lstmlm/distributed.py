@@ -258,7 +258,8 @@ def data_parallel(model):
     holds the mean gradient over the ranks.
 
     Returns:
-        a callable (token_ids, states, training) -> (logits, states).
+        a callable (token_ids, states, training) -> (logits, states); with `targets=` (the adaptive softmax)
+        -> (log p(target), top-1 hits, states).
     """
     import torch
 
@@ -268,12 +269,19 @@ def data_parallel(model):
             object.__setattr__(self, "keras_model", model)  # not a submodule: DDP must not see the seed states
             self.weights = torch.nn.ParameterList([v.value for v in model.trainable_variables])
 
-        def forward(self, token_ids, states, training):
-            return self.keras_model.call_with_states(token_ids, states, training=training)
+        def forward(self, token_ids, states, training, targets=None):
+            if targets is None:
+                return self.keras_model.call_with_states(token_ids, states, training=training)
+            # the adaptive softmax's training path: (log p(target), hits, states)
+            return self.keras_model.target_log_probabilities(token_ids, targets, states, training=training)
 
     device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
+    # The adaptive softmax leaves a cluster's weights out of a step where no target falls in it: DDP must look
+    # for unused parameters then (it costs a graph traversal per step, so only there).
+    unused = getattr(model, "softmax", "full") == "adaptive"
     with lost_ranks("broadcasting rank 0's weights"):
-        return torch.nn.parallel.DistributedDataParallel(KerasForward(), device_ids=device_ids)
+        return torch.nn.parallel.DistributedDataParallel(KerasForward(), device_ids=device_ids,
+                                                         find_unused_parameters=unused)
 
 
 # ---- launching -------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The language model: Embedding -> LSTM x num_layers -> Dropout -> Dense(vocabulary) logits.
+"""The language model: Embedding -> LSTM x num_layers -> Dropout -> Dense(vocabulary) logits (or an adaptive softmax).
 
 This is the tutorial's network (Embedding 500 -> LSTM 500 -> LSTM 500 -> Dropout 0.5 -> Dense(10,000)) with
 three changes that do not alter its mathematics: the softmax layer is applied to the 3-D tensor directly
@@ -7,6 +7,11 @@ softmax (sparse cross-entropy on logits = categorical cross-entropy on one-hot t
 an explicit input and output, so training can carry it across batches and generation can feed one word at a time
 (`call_with_states`; not named `forward`, which on the torch backend is torch.nn.Module's dispatch to `call`).
 Optional regularisation from the literature is off unless configured (see regularization.py).
+
+With `softmax="adaptive"` the Dense layer is an AdaptiveSoftmax (adaptive_softmax.py): `call_with_states` then
+returns normalised log-probabilities instead of logits (every consumer applies a softmax or log-softmax, which
+leaves log-probabilities unchanged), and training reads `target_log_probabilities`, which computes only each
+target's cluster. Tied weights then make the embedding an AdaptiveInput whose band weights the softmax shares.
 """
 
 import numbers
@@ -15,6 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from lstmlm.adaptive_softmax import AdaptiveInput, AdaptiveSoftmax, resolve_cutoffs
 from lstmlm.lstm import LSTM
 from lstmlm.regularization import dropout, embedding_dropout
 
@@ -34,10 +40,13 @@ class LSTMLanguageModel(keras.Model):
         variational: share each dropout mask over the time steps of a sequence.
         embedding_dropout: rate of dropping whole word types.
         weight_drop: DropConnect rate on the recurrent weights.
-        tie_weights: use the embedding matrix as the softmax weights (needs embedding_size == hidden_size).
+        tie_weights: use the embedding matrix as the softmax weights (needs embedding_size == hidden_size);
+            with the adaptive softmax, adaptive input embeddings sharing the softmax's band weights.
         init_scale: uniform(-s, s) initialisation of every weight if > 0, else Keras defaults.
         fused: use the backend's fused LSTM kernel where there is one.
         seed: initialisation and dropout seed.
+        softmax: 'full' (Dense over the vocabulary, logits) or 'adaptive' (AdaptiveSoftmax, log-probabilities).
+        cutoffs: the adaptive softmax's cluster boundaries (word ids, ascending).
 
     Example:
         >>> model = LSTMLanguageModel(vocabulary_size=50, embedding_size=8, hidden_size=8, num_layers=2)
@@ -48,7 +57,7 @@ class LSTMLanguageModel(keras.Model):
 
     def __init__(self, vocabulary_size, embedding_size, hidden_size, num_layers, dropout=0.0, input_dropout=0.0,
                  layer_dropout=0.0, variational=False, embedding_dropout=0.0, weight_drop=0.0, tie_weights=False,
-                 init_scale=0.0, fused=True, seed=1, **kwargs):
+                 init_scale=0.0, fused=True, seed=1, softmax="full", cutoffs=None, **kwargs):
         super().__init__(**kwargs)
         _check_arguments(vocabulary_size=vocabulary_size, embedding_size=embedding_size, hidden_size=hidden_size,
                          num_layers=num_layers, dropout=dropout, input_dropout=input_dropout,
@@ -69,6 +78,16 @@ class LSTMLanguageModel(keras.Model):
         self.init_scale = init_scale
         self.fused = fused
         self.seed = seed
+        self.softmax = softmax
+        self.cutoffs = list(cutoffs or [])
+        adaptive = softmax == "adaptive"
+        if softmax not in ("full", "adaptive"):
+            raise ValueError(f"LSTMLanguageModel: softmax must be 'full' or 'adaptive', got {softmax!r}")
+        integers = all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in self.cutoffs)
+        if adaptive and not (self.cutoffs and integers and self.cutoffs == sorted(set(self.cutoffs))
+                             and 0 < self.cutoffs[0] and self.cutoffs[-1] < vocabulary_size):
+            raise ValueError(f"LSTMLanguageModel: cutoffs must be increasing positive integers below the "
+                             f"vocabulary size {vocabulary_size}, got {cutoffs!r}")
         if tie_weights and embedding_size != hidden_size:
             raise ValueError("tie_weights needs embedding_size == hidden_size")
 
@@ -77,12 +96,19 @@ class LSTMLanguageModel(keras.Model):
                 return keras.initializers.RandomUniform(-init_scale, init_scale, seed=seed)
             return default
 
-        self.embedding = keras.layers.Embedding(
-            vocabulary_size, embedding_size, name="embedding",
-            embeddings_initializer=initializer(keras.initializers.RandomUniform(-0.05, 0.05, seed=seed)))
+        if adaptive and tie_weights:
+            self.embedding = AdaptiveInput(vocabulary_size, embedding_size, self.cutoffs, init_scale=init_scale,
+                                           seed=seed, name="embedding")
+        else:
+            self.embedding = keras.layers.Embedding(
+                vocabulary_size, embedding_size, name="embedding",
+                embeddings_initializer=initializer(keras.initializers.RandomUniform(-0.05, 0.05, seed=seed)))
         self.lstm_layers = [LSTM(hidden_size, init_scale=init_scale, weight_drop=weight_drop, fused=fused,
                                  seed=seed + 1 + i, name=f"lstm_{i + 1}") for i in range(num_layers)]
-        if not tie_weights:
+        if adaptive:
+            self.adaptive_softmax = AdaptiveSoftmax(vocabulary_size, hidden_size, self.cutoffs, tied=tie_weights,
+                                                    init_scale=init_scale, seed=seed, name="adaptive_softmax")
+        elif not tie_weights:
             self.output_layer = keras.layers.Dense(
                 vocabulary_size, name="softmax",
                 kernel_initializer=initializer(keras.initializers.GlorotUniform(seed=seed)),
@@ -95,7 +121,9 @@ class LSTMLanguageModel(keras.Model):
         for layer in self.lstm_layers:
             layer.build((None, None, size))
             size = layer.units
-        if self.tie_weights:
+        if self.softmax == "adaptive":
+            self.adaptive_softmax.build((None, None, size))
+        elif self.tie_weights:
             self.output_bias = self.add_weight(shape=(self.vocabulary_size,), initializer="zeros",
                                                name="softmax_bias")
         else:
@@ -114,7 +142,25 @@ class LSTMLanguageModel(keras.Model):
             last_only: apply the softmax layer to the last position only (next-word prediction: the
                 (hidden x vocabulary) product is the largest cost, so skip it where it is not needed).
         Returns:
-            logits (batch, time or 1, vocabulary_size) and the new states.
+            logits (batch, time or 1, vocabulary_size) and the new states; with the adaptive softmax the
+            "logits" are normalised log-probabilities (float32).
+        """
+        x, new_states = self.hidden_states(token_ids, states, training)  # x: (batch, time, hidden_size)
+        if last_only:
+            x = x[:, -1:]
+        if self.softmax == "adaptive":
+            logits = self.adaptive_softmax.log_probabilities(x, self._tied_bands())
+        elif self.tie_weights:
+            logits = ops.matmul(x, ops.transpose(self.embedding.embeddings)) + self.output_bias
+        else:
+            logits = self.output_layer(x) if training else self.output_layer.call(x)
+        return logits, new_states  # logits: (batch, time, vocabulary_size)
+
+    def hidden_states(self, token_ids, states=None, training=False):
+        """The last LSTM layer's output (after its dropout in training) and the new states.
+
+        Returns:
+            (batch, time, hidden_size) tensor and a list of (h, c) per layer.
         """
         if not self.built:  # a new model called here before model(x) or build(): create its weights first
             self.build()
@@ -136,13 +182,27 @@ class LSTMLanguageModel(keras.Model):
             if training:
                 last = i == self.num_layers - 1
                 x = dropout(x, self.dropout if last else self.layer_dropout, seed, self.variational)
-        if last_only:
-            x = x[:, -1:]
-        if self.tie_weights:
-            logits = ops.matmul(x, ops.transpose(self.embedding.embeddings)) + self.output_bias
-        else:
-            logits = run(self.output_layer, x)
-        return logits, new_states  # logits: (batch, time, vocabulary_size)
+        return x, new_states
+
+    def target_log_probabilities(self, token_ids, targets, states=None, training=False):
+        """log p(target) of every token with the adaptive softmax's cheap path (only each target's cluster).
+
+        Args:
+            token_ids, targets: (batch, time) int tensors.
+            states: as in call_with_states.
+        Returns:
+            (log p(target) (batch * time,) float32, top-1 hits (a scalar tensor), the new states).
+        """
+        if self.softmax != "adaptive":
+            raise ValueError("target_log_probabilities is the adaptive softmax's training path")
+        x, new_states = self.hidden_states(token_ids, states, training)
+        x = ops.reshape(x, (-1, ops.shape(x)[-1]))  # (batch * time, hidden_size)
+        log_probs, hits = self.adaptive_softmax.target_log_probabilities(x, ops.reshape(targets, (-1,)),
+                                                                         self._tied_bands())
+        return log_probs, hits, new_states
+
+    def _tied_bands(self):
+        return self.embedding.bands() if self.tie_weights else None
 
     def call(self, token_ids, training=False):
         return self.call_with_states(token_ids, None, training)[0]
@@ -151,7 +211,7 @@ class LSTMLanguageModel(keras.Model):
         return {**super().get_config(), **{name: getattr(self, name) for name in (
             "vocabulary_size", "embedding_size", "hidden_size", "num_layers", "dropout", "input_dropout",
             "layer_dropout", "variational", "embedding_dropout", "weight_drop", "tie_weights", "init_scale",
-            "fused", "seed")}}
+            "fused", "seed", "softmax", "cutoffs")}}
 
 
 def _check_arguments(**values):
@@ -182,6 +242,8 @@ def build_model(config, vocabulary_size):
         num_layers=config.num_layers, dropout=config.dropout, input_dropout=config.input_dropout,
         layer_dropout=config.layer_dropout, variational=config.variational,
         embedding_dropout=config.embedding_dropout, weight_drop=config.weight_drop,
-        tie_weights=config.tie_weights, init_scale=config.init_scale, fused=config.fused, seed=config.seed)
+        tie_weights=config.tie_weights, init_scale=config.init_scale, fused=config.fused, seed=config.seed,
+        softmax=config.softmax,
+        cutoffs=resolve_cutoffs(config.cutoffs, vocabulary_size) if config.softmax == "adaptive" else None)
     model.build((None, None))
     return model

@@ -178,8 +178,7 @@ def load_keras_model(path):
             raise LstmlmError(f"{path}: {_load_problem(error)}") from None
     if not isinstance(model, LSTMLanguageModel):
         raise LstmlmError(f"{path}: holds a {type(model).__name__}, not an lstmlm LSTMLanguageModel")
-    layers = [model.embedding, *model.lstm_layers, *([] if model.tie_weights else [model.output_layer])]
-    if not (model.built and all(layer.built for layer in layers)):
+    if not (model.built and all(layer.built for layer in model.layers)):  # embedding, LSTMs, the softmax layer
         reason = next((_first_line(w.message) for w in caught), "its config does not build")
         raise LstmlmError(f"{path}: the model file is damaged ({reason})")
     for warning in caught:  # a model that loaded: pass Keras' warnings on as they were

@@ -36,6 +36,7 @@ import numpy as np
 from lstmlm import distributed
 from lstmlm import run_directory as rd
 from lstmlm import signals, torch_backend
+from lstmlm.adaptive_softmax import resolve_cutoffs
 from lstmlm.batches import Batches
 from lstmlm.budget import Budget
 from lstmlm.checkpoints import Checkpoints
@@ -96,6 +97,11 @@ class Trainer:
         self.rank, self.data_parallel = distributed.rank(), distributed.world_size() > 1
         # (token_ids, states, training) -> (logits, states); under DDP the same call, gradients averaged
         self.forward = distributed.data_parallel(model) if self.data_parallel else model.call_with_states
+        # the adaptive softmax's training path: (token_ids, targets, states, training) -> (log p(target), hits,
+        # states), only each target's cluster computed (adaptive_softmax.py); under DDP through the same module
+        self.forward_targets = model.target_log_probabilities
+        if self.data_parallel:
+            self.forward_targets = lambda x, y, states, training: self.forward(x, states, training, targets=y)
 
     def set_learning_rate(self, rate):
         for group in self.optimizer.param_groups:
@@ -140,10 +146,17 @@ def train_step(trainer, x, y, states):
     config = trainer.config
     x = torch.as_tensor(x, dtype=torch.long, device=trainer.device)  # (batch, time)
     y = torch.as_tensor(y, dtype=torch.long, device=trainer.device).reshape(-1)  # (batch * time,)
+    adaptive = trainer.model.softmax == "adaptive"
     with torch_backend.precision_context(trainer.precision):
-        logits, new_states = trainer.forward(x, states, training=True)  # (batch, time, vocab)
-    flat = logits.float().reshape(-1, logits.shape[-1])
-    loss = torch.nn.functional.cross_entropy(flat, y)
+        if adaptive:  # the same exact loss, computing only each target's cluster (adaptive_softmax.py)
+            target_log_probs, hits, new_states = trainer.forward_targets(x, y, states, training=True)
+        else:
+            logits, new_states = trainer.forward(x, states, training=True)  # (batch, time, vocab)
+    if adaptive:
+        loss = -target_log_probs.mean()
+    else:
+        flat = logits.float().reshape(-1, logits.shape[-1])
+        loss = torch.nn.functional.cross_entropy(flat, y)
     trainer.optimizer.zero_grad(set_to_none=True)
     (loss * x.shape[1] if config.sum_over_time else loss).backward()
     if config.clip_norm > 0:
@@ -158,8 +171,9 @@ def train_step(trainer, x, y, states):
     trainer.last_step_finite = bool(finite)
     if trainer.last_step_finite:
         trainer.optimizer.step()
-    with torch.no_grad():  # top-1 hit: the target's logit is the row's maximum (amax is 4x cheaper than argmax)
-        hits = (flat.gather(1, y[:, None])[:, 0] >= flat.amax(-1)).sum()
+    if not adaptive:
+        with torch.no_grad():  # top-1 hit: the target's logit is the row's maximum (amax is 4x cheaper than argmax)
+            hits = (flat.gather(1, y[:, None])[:, 0] >= flat.amax(-1)).sum()
     return loss.detach(), hits, new_states
 
 
@@ -462,6 +476,8 @@ def _prepare_run(config, out, resume, command):
     corpus = load_corpus(config)  # reads and checks every input before anything is written
     # a split too short for one batch (or a batch size the ranks cannot share) is an error before anything is written
     Batches(config, corpus["train"], distributed.rank(), world_size)
+    if config.softmax == "adaptive":  # so is a cutoff beyond the vocabulary
+        resolve_cutoffs(config.cutoffs, len(corpus.vocabulary))
     if state is None:
         out = _new_run_directory(out, fresh=resumed is None) if main else Path(out)
         keras.utils.set_random_seed(config.seed)
@@ -470,7 +486,7 @@ def _prepare_run(config, out, resume, command):
                 "device": torch_backend.device_type(), "versions": versions(),
                 "parameters": int(model.count_params()), "corpus": corpus.sources,
                 "tokens": {split: int(len(ids)) for split, ids in corpus.splits.items()},
-                "vocabulary_size": len(corpus.vocabulary)}
+                "vocabulary_size": len(corpus.vocabulary), **({"cutoffs": model.cutoffs} if model.cutoffs else {})}
         if resumed is not None:
             info["resumed"] = resumed
         if main:
