@@ -107,14 +107,10 @@ def vocabulary_flag():
 # ---- machine ------------------------------------------------------------------------------------------------
 def machine():
     """CPU model, the flags that decide LSTM speed, logical CPUs, load average (shared machines show here)."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 platform.processor() or platform.machine())
-    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")),
-                     []))
+    from lstmlm.machine import cpu_info
+
+    info = cpu_info()
+    model, flags = info["model"], set(info["flags"])
     return {"cpu": model, "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS}, "logical_cpus": os.cpu_count(),
             "load_average": [round(x, 2) for x in os.getloadavg()], "platform": platform.platform(),
             "python": platform.python_version()}

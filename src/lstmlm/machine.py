@@ -10,7 +10,7 @@ import os
 import platform
 
 # The flags that change what lstmlm can run or how fast: bfloat16 and int8 matrix units, vector widths.
-NOTABLE_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16",
+NOTABLE_FLAGS = ("avx2", "fma", "avx_vnni", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16", "amx_tile", "amx_bf16",
                  "amx_int8")
 
 
