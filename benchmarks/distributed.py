@@ -20,8 +20,8 @@ for --repeats rounds.
 
 Communication (in the same N processes, after their training run): the bytes DDP all-reduces per step (every
 trainable parameter's float32 gradient), the time of one all_reduce of a buffer that size (a timer around the call
-after a barrier; median of --repeats-comm), the time of the per-batch stop/clock agreement (one all_reduce of two
-numbers), and the time of a whole training step with DDP's all-reduce against the same step under DDP.no_sync()
+after a barrier; median of --repeats-comm), the time of the per-batch agreement (one all_reduce of four numbers:
+a held signal, a checkpoint due, the time budget, the clock), and the time of a whole training step with DDP's all-reduce against the same step under DDP.no_sync()
 (no communication): the difference is what communication adds to a step (DDP overlaps the bucket reductions with
 the backward pass, so it can be less than the bare all_reduce).
 """
@@ -168,7 +168,8 @@ def communication(config, steps, repeats):
         return (time.perf_counter() - started) / count
 
     all_reduce = [timed(lambda: dist.all_reduce(buffer)) for _ in range(repeats)]
-    agreement = [timed(lambda: distributed.agree(False, 1.0), 20) for _ in range(repeats)]
+    # what TrainingRun.agree sends after every batch: three flags and the clock
+    agreement = [timed(lambda: distributed.all_reduce([0, 0, 0, 1.0], "max"), 20) for _ in range(repeats)]
 
     rows = config.batch_size // dist.get_world_size()
     rng = np.random.default_rng(config.seed)

@@ -5,15 +5,17 @@ JOBS.json`) or by hand with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set. O
 the tests pay the processes' start-up (imports: seconds on a busy machine) once.
 
 A job: {"config": {Config fields} | null, "out": dir, "resume": dir | null, "epochs": n | null,
-        "fault": {"rank": r | "all", "step": k, "kind": "interrupt" | "exit" | "hang"} | null,
+        "fault": {"rank": r | "all", "step": k, "kind": "signal" | "exit" | "hang"} | null,
         "losses": path | null}
-where the fault happens before the k-th call (1-based) of train_step in that job on that rank:
-"interrupt" raises KeyboardInterrupt, "exit" ends the process at once (os._exit(3)), "hang" sleeps for an hour;
-and "losses" writes this rank's loss of every step (the mean over its own streams) to PATH.rankR.json.
+where the fault happens at the start of the k-th call (1-based) of train_step in that job on that rank:
+"signal" sends SIGTERM to the process itself (the step then runs to its end), "exit" ends the process at once
+(os._exit(3)), "hang" sleeps for an hour; and "losses" writes this rank's loss of every step (the mean over its
+own streams) to PATH.rankR.json.
 """
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -30,11 +32,12 @@ def instrumented(real_step, fault, losses):
     def step(*args, **kwargs):
         calls.append(1)
         if fault and fault["rank"] in ("all", distributed.rank()) and len(calls) == fault["step"]:
-            if fault["kind"] == "interrupt":
-                raise KeyboardInterrupt
-            if fault["kind"] == "exit":
+            if fault["kind"] == "signal":
+                os.kill(os.getpid(), signal.SIGTERM)
+            elif fault["kind"] == "exit":
                 os._exit(3)
-            time.sleep(3600)
+            else:
+                time.sleep(3600)
         loss, hits, states = real_step(*args, **kwargs)
         losses.append(float(loss))
         return loss, hits, states
@@ -51,8 +54,8 @@ def run_job(job):
             training.train(config, resume=job["resume"], progress=False, command=["worker"])
         else:
             training.train(Config(**job["config"]), out=job["out"], progress=False, command=["worker"])
-    except KeyboardInterrupt:
-        print(f"rank {distributed.rank()}: interrupted", file=sys.stderr, flush=True)
+    except KeyboardInterrupt as interrupt:  # signals.Interrupted: the run saved its checkpoint and stopped
+        print(f"rank {distributed.rank()}: stopped ({interrupt})", file=sys.stderr, flush=True)
     finally:
         training.train_step = real_step
     if job.get("losses"):

@@ -13,6 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 LAUNCH_TIMEOUT = 300  # seconds: generous for a busy 2-core machine; a hang fails instead of blocking CI
 TIMING = {"tokens_per_second", "epoch_seconds", "wall_seconds"}
 STEPS_PER_EPOCH = 24  # the toy corpus (1,899 training tokens) in 10 streams x 8 steps
-INTERRUPT_STEP = STEPS_PER_EPOCH + 5  # in epoch 2, after 4 finished batches
+SIGNAL_STEP = STEPS_PER_EPOCH + 5  # SIGTERM during the 5th step of epoch 2: the run stops after it
 
 
 # ---- launching -----------------------------------------------------------------------------------------------
@@ -80,13 +82,13 @@ def _free_port():
 
 
 # ---- single-process references ---------------------------------------------------------------------------------
-def single_process(config, out, interrupt_at=None, monkeypatch=None):
-    """Train in this process, recording every step's loss; interrupt_at: KeyboardInterrupt before that step."""
+def single_process(config, out, signal_at=None):
+    """Train in this process, recording every step's loss; signal_at: SIGTERM to itself during that step."""
     real_step, losses = train_module.train_step, []
 
     def step(*args, **kwargs):
-        if len(losses) + 1 == interrupt_at:
-            raise KeyboardInterrupt
+        if len(losses) + 1 == signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # held until the step ends (signals.py), then the run stops
         loss, hits, states = real_step(*args, **kwargs)
         losses.append(float(loss))
         return loss, hits, states
@@ -153,19 +155,23 @@ def equivalence_configs(toy_corpus):
 
 @pytest.fixture(scope="module")
 def two_ranks(toy_corpus, tmp_path_factory):
-    """One torchrun launch of 2 ranks: the equivalence runs, a run interrupted on both ranks in epoch 2, and the
-    2-rank resumption of a run interrupted in one process."""
+    """One torchrun launch of 2 ranks: the equivalence runs, a run that SIGTERM stops in epoch 2 (sent to rank 1
+    alone: both ranks must stop after the same batch), and the 2-rank resumption of a run stopped in one process."""
     base = tmp_path_factory.mktemp("ddp")
     configs = equivalence_configs(toy_corpus)
     single_interrupted = base / "single-interrupted"
-    single_process(configs["adam"], single_interrupted, interrupt_at=INTERRUPT_STEP)
-    assert (single_interrupted / "checkpoints" / "interrupted.keras").exists()
+    single_process(configs["adam"], single_interrupted, signal_at=SIGNAL_STEP)
+    assert rd.read_json(single_interrupted / rd.STATE)["batch"] == 5
     shutil.copytree(single_interrupted, base / "single-interrupted-resumed-by-2")
     jobs = [{"config": config.to_dict(), "out": str(base / name), "losses": str(base / f"{name}-losses")}
             for name, config in configs.items()]
     jobs.append({"config": configs["adam"].to_dict(), "out": str(base / "ddp-interrupted"),
-                 "fault": {"rank": "all", "step": INTERRUPT_STEP, "kind": "interrupt"}})
+                 "fault": {"rank": 1, "step": SIGNAL_STEP, "kind": "signal"}})
     jobs.append({"resume": str(base / "single-interrupted-resumed-by-2")})
+    # a mid-epoch checkpoint after almost every batch: saving must not change the training
+    jobs.append({"config": configs["adam"].replace(checkpoint_minutes=1e-4).to_dict(), "out": str(base / "periodic")})
+    # a time budget spent before the first epoch: both ranks stop there
+    jobs.append({"config": configs["adam"].replace(max_minutes=1e-9).to_dict(), "out": str(base / "budget")})
     output = run_jobs(jobs, base)
     return {"base": base, "configs": configs, "output": output, "single_interrupted": single_interrupted}
 
@@ -190,43 +196,93 @@ def test_two_ranks_of_5_streams_equal_one_process_of_10(two_ranks, tmp_path, nam
     assert info["versions"]["threads"] == 1
 
 
-def test_interrupted_two_rank_run_saves_every_rank_states_in_single_process_order(two_ranks):
+def test_sigterm_to_one_rank_stops_both_after_the_same_batch_with_every_rank_states(two_ranks):
     ddp, single = two_ranks["base"] / "ddp-interrupted", two_ranks["single_interrupted"]
-    assert two_ranks["output"].count("interrupted in epoch 2 after 4 batches") == 1  # rank 0 alone reports
+    output = two_ranks["output"]
+    assert output.count("stopped by SIGTERM in epoch 2 after 5 batches") == 1  # rank 0 alone reports
+    assert "rank 0: stopped (SIGTERM)" in output and "rank 1: stopped (SIGTERM)" in output
     for out in (ddp, single):
         state = rd.read_json(out / rd.STATE)
-        assert (state["epoch"], state["batch"], state["checkpoint"]) == (1, 4, "checkpoints/interrupted.keras")
+        assert (state["epoch"], state["batch"]) == (1, 5)
     ddp_state, single_state = rd.read_json(ddp / rd.STATE), rd.read_json(single / rd.STATE)
-    assert ddp_state["partial_sums"]["tokens"] == single_state["partial_sums"]["tokens"] == 4 * 10 * 8
+    assert ddp_state["partial_sums"]["tokens"] == single_state["partial_sums"]["tokens"] == 5 * 10 * 8
     assert ddp_state["partial_sums"]["loss"] == pytest.approx(single_state["partial_sums"]["loss"], rel=1e-5)
     # 10 rows (rank 0's 5, then rank 1's), equal to the single-process states at the same point
     states = rd.load_arrays(ddp / ddp_state["states"])
     assert states["h0"].shape == (10, 16)
     # (cell states reach |c| ~ 9 here: float32 rounding of the different summation orders is ~1e-5 of that)
     assert_same_arrays(ddp / ddp_state["states"], single / single_state["states"], rtol=1e-5)
-    assert_same_weights(ddp / "checkpoints/interrupted.keras", single / "checkpoints/interrupted.keras")
-    assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == [
-        "interrupted.keras", "model-01.keras", "optimizer-interrupted.npz", "states-interrupted.npz"]
+    assert_same_weights(ddp / ddp_state["checkpoint"], single / single_state["checkpoint"])
+    # exactly one resumable checkpoint, written once (by rank 0), beside epoch 1's
+    assert sorted(f"checkpoints/{p.name}" for p in (ddp / "checkpoints").iterdir()) == sorted(
+        ["checkpoints/model-01.keras", ddp_state["checkpoint"], ddp_state["optimizer"], ddp_state["states"]])
+
+
+def test_periodic_checkpoints_and_the_time_budget_under_two_ranks(two_ranks):
+    base = two_ranks["base"]
+    assert_same_history(read_history(base / "periodic"), read_history(base / "adam"))
+    assert_same_weights(base / "periodic/checkpoints/model-02.keras", base / "adam/checkpoints/model-02.keras")
+    assert two_ranks["output"].count("checkpoint: epoch 2 after 23 batches") == 1  # written by rank 0 alone
+    assert rd.read_json(base / "periodic" / rd.STATE)["checkpoint"] == "checkpoints/model-02.keras"
+    assert two_ranks["output"].count("stopping before epoch 1: the --max-minutes") == 1
+    assert not (base / "budget" / rd.HISTORY).exists() and (base / "budget" / rd.CONFIG).exists()
 
 
 def test_resume_across_process_counts(two_ranks, tmp_path):
-    """A 2-rank checkpoint resumes in 2 ranks (lstmlm train --resume --processes 2) and in one process; a
-    one-process checkpoint resumes in 2 ranks; all three finish exactly like the unbroken single-process run."""
+    """A 2-rank checkpoint resumes in one process, a one-process checkpoint in 2 ranks: both finish exactly like
+    the unbroken single-process run."""
     base, config = two_ranks["base"], two_ranks["configs"]["adam"]
     single_process(config, tmp_path / "unbroken")
     shutil.copytree(base / "ddp-interrupted", tmp_path / "ddp-in-one")
     train(None, resume=tmp_path / "ddp-in-one", log=lambda line: None, progress=False)
-    shutil.copytree(base / "ddp-interrupted", tmp_path / "ddp-in-two")
-    code, output = _run([sys.executable, "-m", "lstmlm", "train", "--resume", tmp_path / "ddp-in-two",
-                         "--processes", "2", "--no-report"])
-    assert code == 0, output[-3000:]
-    assert "OMP_NUM_THREADS" not in output  # --processes sets the threads itself: no torchrun banner
-    for resumed in (tmp_path / "ddp-in-one", tmp_path / "ddp-in-two", base / "single-interrupted-resumed-by-2"):
+    for resumed in (tmp_path / "ddp-in-one", base / "single-interrupted-resumed-by-2"):
         assert_same_history(read_history(resumed), read_history(tmp_path / "unbroken"))
         assert_same_weights(resumed / "checkpoints/model-02.keras", tmp_path / "unbroken/checkpoints/model-02.keras")
-        assert not (resumed / "checkpoints" / "interrupted.keras").exists()
-    info = rd.read_json(tmp_path / "ddp-in-two" / rd.CONFIG)
-    assert info["resumed"][-1].endswith("--processes 2 --no-report")
+        assert rd.read_json(resumed / rd.STATE)["checkpoint"] == "checkpoints/model-02.keras"
+        assert not list((resumed / "checkpoints").glob("interrupted*"))
+
+
+def test_ctrl_c_on_lstmlm_train_processes_saves_one_checkpoint_and_resumes(toy_corpus, tmp_path):
+    """Ctrl-C (SIGINT) to `lstmlm train --processes 2` while it trains: torch's launcher passes it to both ranks,
+    they stop after the same batch, rank 0 saves one resumable checkpoint, every process exits with 130; the run
+    then resumes (in one process here) and ends exactly like an unbroken run."""
+    config = tiny_config(toy_corpus, batch_size=10, epochs=6)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "lstmlm", "train", "--config", str(tmp_path / "config.json"),
+                                "--processes", "2", "--out", str(out), "--no-report"], env=_environment(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    deadline = time.time() + LAUNCH_TIMEOUT
+    while not any(line.startswith("epoch 1:") for line in lines) and process.poll() is None:
+        assert time.time() < deadline, "".join(lines)[-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=LAUNCH_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    reader.join(timeout=10)
+    output = "".join(lines)
+    assert process.returncode == 130, output[-3000:]
+    assert "OMP_NUM_THREADS" not in output  # --processes sets the threads itself: no torchrun banner
+    assert "Traceback" not in output
+    state = rd.read_json(out / rd.STATE)
+    assert 1 <= state["epoch"] < 6, "the run ended before the signal: nothing was tested"
+    saved = output.count("interrupted in epoch")  # one line from rank 0, or none if it stopped between epochs
+    assert saved == (1 if state["batch"] else 0)
+    assert len(read_history(out)) == state["epoch"]
+    info = rd.read_json(out / rd.CONFIG)
+    assert "--processes 2" in info["command"] and info["distributed"]["processes"] == 2
+    train(None, resume=out, log=lambda line: None, progress=False)
+    single_process(config, tmp_path / "unbroken")
+    assert_same_history(read_history(out), read_history(tmp_path / "unbroken"))
+    # 144 Adam steps at lr 0.03: rounding differences of the two summation orders grow to ~1e-4 (2 epochs: 1e-5)
+    assert_same_weights(out / "model.keras", tmp_path / "unbroken" / "model.keras", atol=5e-4)
+    assert "distributed" not in rd.read_json(out / rd.CONFIG)  # the last session ran in one process
 
 
 # ---- the command line ----------------------------------------------------------------------------------------

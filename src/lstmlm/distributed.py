@@ -14,6 +14,10 @@ Threads (the trap): torchrun sets OMP_NUM_THREADS=1 in every process it starts u
 set, so N processes on a machine of C cores leave C - N cores idle. Each rank therefore sets its own thread count
 to C // LOCAL_WORLD_SIZE, or to --threads where that is given, whatever OMP_NUM_THREADS says.
 
+Stopping: Ctrl-C reaches torch's launcher, which passes the signal on to every rank and kills them
+--shutdown-timeout seconds later (torchrun: 30; `--processes`: SHUTDOWN_SECONDS); the ranks stop together after
+their next agreement (training.py) and rank 0 saves one resumable checkpoint.
+
 Failures: every collective has a timeout (init_process_group(timeout=...); default 30 minutes, or the
 LSTMLM_DISTRIBUTED_TIMEOUT environment variable in seconds): a rank that dies or hangs makes the others stop
 with one error line instead of waiting forever. It must exceed the longest time one rank waits for the others:
@@ -34,6 +38,9 @@ from lstmlm.errors import LstmlmError
 
 TIMEOUT_VARIABLE = "LSTMLM_DISTRIBUTED_TIMEOUT"
 DEFAULT_TIMEOUT_SECONDS = 30 * 60
+# How long `--processes` lets the ranks finish after Ctrl-C before torch's launcher kills them (torchrun's
+# default, 30 s, can be shorter than a step plus a checkpoint of a large model, or a validation in progress).
+SHUTDOWN_SECONDS = 300
 
 
 # ---- who am I ----------------------------------------------------------------------------------------------
@@ -193,17 +200,6 @@ def any_rank(flag, what="a decision"):
     return bool(all_reduce([float(bool(flag))], "max", what)[0])
 
 
-def agree(stop, elapsed):
-    """One small all-reduce: (stop on any rank, the largest elapsed wall time), the same on every rank.
-
-    After every batch: a time budget or a stop request seen by one rank ends the epoch on all of them after the
-    same batch, and the learning-rate schedule reads one clock (a cosine over --max-minutes would otherwise
-    give each rank a slightly different rate and the replicas would drift apart).
-    """
-    stop, elapsed = all_reduce([float(bool(stop)), elapsed], "max", "the per-batch agreement")
-    return bool(stop), float(elapsed)
-
-
 def broadcast(values, what="a broadcast"):
     """Rank 0's list of numbers, on every rank (float64 numpy)."""
     values = np.asarray(values, dtype=np.float64)
@@ -300,7 +296,8 @@ def launch(processes, arguments, log=print):
 
     # torchrun would set OMP_NUM_THREADS=1 (and warn); each rank sets its own thread count (threads_per_rank).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // processes)))
-    command = ["--standalone", f"--nproc-per-node={processes}", "-m", "lstmlm", *arguments]
+    command = ["--standalone", f"--nproc-per-node={processes}", f"--shutdown-timeout={SHUTDOWN_SECONDS}", "-m",
+               "lstmlm", *arguments]
     try:
         run.main(command)
     except ChildFailedError as error:

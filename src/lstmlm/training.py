@@ -493,7 +493,8 @@ def _prepare_run(config, out, resume, command):
             corpus.vocabulary.save(out / rd.VOCABULARY)
     else:
         model = saved_model
-    if world_size > 1:  # this session's layout (a resumed run records its latest session's)
+    info.pop("distributed", None)  # the layout of this session (a resumed run records its latest session's)
+    if world_size > 1:
         info["distributed"] = {"processes": world_size, "backend": distributed.backend(),
                                "threads_per_process": torch.get_num_threads(),
                                "streams_per_process": config.batch_size // world_size}
