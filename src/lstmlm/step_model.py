@@ -27,6 +27,7 @@ or positions.
 import numpy as np
 
 from lstmlm import torch_backend
+from lstmlm.errors import LstmlmError
 
 # Gate order in Keras and torch is (input, forget, cell, output); lstm_layer stores (input, forget, output, cell)
 # so one sigmoid covers the first three blocks and one tanh the last.
@@ -34,7 +35,15 @@ _IFOG = (0, 1, 3, 2)
 
 
 def make_step_model(model, precision="float32"):
-    """The step model for `model` (an LSTMLanguageModel) in `precision` (already resolved: see precision.py)."""
+    """The step model for `model` (an LSTMLanguageModel) in `precision` (already resolved: see precision.py).
+
+    The adaptive softmax and adaptive input (adaptive_softmax.py) run through the model's own Keras layers, in
+    float32: the plain-tensor step model covers the full softmax only.
+    """
+    if getattr(model, "softmax", "full") == "adaptive":
+        if precision != "float32":
+            raise LstmlmError(f"--precision {precision}: not available with the adaptive softmax (float32 only)")
+        return KerasStepModel(model)
     if torch_backend.is_torch():
         return TorchStepModel(model, precision)
     if precision != "float32":
@@ -250,7 +259,9 @@ class KerasStepModel:
         from keras import ops
 
         with torch_backend.no_grad():
-            if self.model.tie_weights:
+            if getattr(self.model, "softmax", "full") == "adaptive":  # normalised log-probabilities
+                logits = self.model.adaptive_softmax.log_probabilities(hidden, self.model._tied_bands())
+            elif self.model.tie_weights:
                 logits = ops.matmul(hidden, ops.transpose(self.model.embedding.embeddings)) + self.model.output_bias
             else:
                 logits = self.model.output_layer.call(hidden)
