@@ -372,7 +372,7 @@ class TrainingRun:
         Under DDP rank 0 evaluates the whole text while the others wait for its numbers: the result is exactly
         the single-process one (the default evaluation carries one state through the whole text, which cannot
         be split over ranks). Rank 0 keeps its own thread count: lending it the waiting ranks' cores made
-        validation 15x slower on a shared 2-core machine (docs/distributed.md).
+        validation many times slower on a shared 2-core machine (docs/distributed.md).
         """
         failpoint("validation")
         ids = self.valid_ids if ids is None else ids
