@@ -20,7 +20,6 @@ tokens at its end; rank 0 alone validates (the others wait), logs and writes eve
 this runs.
 """
 
-import contextlib
 import copy
 import math
 import platform
@@ -372,7 +371,8 @@ class TrainingRun:
 
         Under DDP rank 0 evaluates the whole text while the others wait for its numbers: the result is exactly
         the single-process one (the default evaluation carries one state through the whole text, which cannot
-        be split over ranks). On CPU rank 0 meanwhile uses the waiting ranks' cores too.
+        be split over ranks). Rank 0 keeps its own thread count: lending it the waiting ranks' cores made
+        validation many times slower on a shared 2-core machine (docs/distributed.md).
         """
         failpoint("validation")
         ids = self.valid_ids if ids is None else ids
@@ -382,9 +382,8 @@ class TrainingRun:
         keys = ["tokens", "loss", "perplexity", "accuracy", "top5_accuracy", "seconds"]
         values = [0.0] * len(keys)
         if self.rank == 0:
-            with _threads(distributed.threads_per_rank(self.config.threads) * distributed.local_world_size()):
-                result = evaluate_ids(self.model, ids, self.vocabulary, self.config.evaluation_batch_size,
-                                      precision=self.trainer.precision)
+            result = evaluate_ids(self.model, ids, self.vocabulary, self.config.evaluation_batch_size,
+                                  precision=self.trainer.precision)
             values = [result[key] for key in keys]
         result = dict(zip(keys, distributed.broadcast(values, "validation (rank 0 validates, the others wait)")
                           .tolist()))
@@ -549,19 +548,6 @@ def _log_to_stderr(line):
 
 def _silent(line):
     """The log of every rank but 0."""
-
-
-@contextlib.contextmanager
-def _threads(count):
-    """torch's CPU thread count set to `count` within the block."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ---- the epoch loop --------------------------------------------------------------------------------------
