@@ -236,7 +236,7 @@ def test_diverging_learning_rate_stops_with_one_line_and_keeps_the_checkpoints(t
           progress=False)
     before = tree_digest(out)
     info = json.loads((out / rd.CONFIG).read_text())
-    info["config"]["learning_rate"] = 1e30  # as if the user had resumed with a learning rate that diverges
+    info["config"]["learning_rate"] = 3e38  # as if the user had resumed with a learning rate that diverges to inf
     (out / rd.CONFIG).write_text(json.dumps(info))
     with pytest.raises(LstmlmError) as raised:
         train(Config(epochs=2), resume=out, log=lambda line: None, progress=False)

@@ -397,10 +397,11 @@ class TrainingRun:
         is_best = valid["loss"] < min((row["valid_loss"] for row in self.history), default=math.inf)
         row = history_row(progress, valid, self.budget.elapsed())
         self.history.append(row)
-        if self.rank == 0:
-            self.checkpoints.save_epoch(self.trainer, progress, self.history, HISTORY_FIELDS, is_best,
-                                        self.budget.elapsed())
-        progress.saved = True  # state.json now names this epoch's checkpoint: a stop from here on saves nothing
+        with signals.step():  # a signal during the save waits for it: then state.json names this epoch
+            if self.rank == 0:
+                self.checkpoints.save_epoch(self.trainer, progress, self.history, HISTORY_FIELDS, is_best,
+                                            self.budget.elapsed())
+            progress.saved = True  # a stop from here on saves nothing more
         self.log(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} nats (ppl {row['train_perplexity']:.2f}, "
                  f"acc {row['train_accuracy']:.4f}, {progress.tokens:,} tokens) | valid loss {row['valid_loss']:.4f} "
                  f"nats (ppl {row['valid_perplexity']:.2f}, acc {row['valid_accuracy']:.4f}, {valid['tokens']:,} "
