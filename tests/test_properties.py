@@ -451,17 +451,23 @@ FILES = st.sampled_from(["words.txt", "latin1.txt", "empty.txt", "binary.bin", "
 TEXTS = st.one_of(st.sampled_from(["the cat", "", "zorblax", "THE Cat.", "\u00e9\u2028x", "\udcff", "a bird sees"]),
                   GARBAGE)
 
+PRECISION = st.sampled_from(["auto", "float32", "bfloat16", "int8", "float16"])
+
 # flag -> strategy of its value (None: a flag without value)
 VERB_FLAGS = {
     "evaluate": {"--split": st.sampled_from(["train", "valid", "test", "dev"]), "--file": FILES,
-                 "--evaluation-batch-size": INT, "--batch-size": INT, "--json": None},
+                 "--evaluation-batch-size": INT, "--batch-size": INT, "--json": None, "--precision": PRECISION},
     "predict": {"--text": TEXTS, "--top-k": INT, "--split": st.sampled_from(["valid", "test", "x"]),
-                "--skip": INT, "--count": INT, "--json": None},
+                "--skip": INT, "--count": INT, "--json": None,
+                "--precision": PRECISION},
     "generate": {"--prompt": TEXTS, "--num-words": st.integers(-3, 12).map(str) | GARBAGE,
                  "--words": st.integers(-3, 12).map(str), "--temperature": REAL,
-                 "--top-k": INT, "--top-p": REAL, "--seed": INT, "--json": None},
+                 "--top-k": INT, "--top-p": REAL, "--seed": INT, "--json": None,
+                 "--precision": PRECISION},
     "inspect": {"--text": TEXTS, "--layer": INT, "--units": INT, "--json": None,
                 "--out": st.sampled_from(["plots/gates.png", "folder", "x/y.png", "gates.txt"])},
+    "export": {"--format": st.sampled_from(["onnx", "tflite"]),
+               "--out": st.sampled_from(["exported", "latin1.txt", "folder", "deep/er"])},
     "plot": {"--out": st.sampled_from(["plots", "latin1.txt", "deep/er"]) | GARBAGE},
     # serve only ever gets run directories it cannot load (a valid one would listen forever)
     "serve": {"--port": INT, "--max-request-bytes": INT, "--host": st.sampled_from(["127.0.0.1", "nohost"]),
@@ -479,7 +485,7 @@ VERB_FLAGS = {
               "--learning-rate-schedule": st.sampled_from(["constant", "decay", "cosine", "sawtooth"])},
     "download": {"--out": st.sampled_from(["downloads", "latin1.txt"]), "--sha256": st.sampled_from(["ab", "0" * 64])},
 }
-RUN_VERBS = {"evaluate", "predict", "generate", "inspect", "plot", "serve"}
+RUN_VERBS = {"evaluate", "predict", "generate", "inspect", "plot", "serve", "export"}
 
 
 def rarely(draw, one_in):
@@ -512,7 +518,8 @@ def command_lines(draw):
     if verb == "generate" and "--words" not in argv and "--num-words" not in argv:
         argv += ["--num-words", "3"]  # the default, 30 words, would make the fuzz slow
     # the required flags, mostly given, so that most command lines get past the parser
-    needed = {"inspect": ["--text"], "predict": ["--text", "--split"], "download": ["--out"]}.get(verb, [])
+    needed = {"inspect": ["--text"], "predict": ["--text", "--split"], "download": ["--out"],
+              "export": ["--out"]}.get(verb, [])
     if needed and not set(needed) & set(argv) and not rarely(draw, 5):
         argv += [needed[0], draw(flags[needed[0]])]
     return argv
