@@ -441,40 +441,51 @@ def sandbox(tiny_run, tmp_path_factory):
 # "/" and never "." or "..", so a garbage word taken as a path names something inside the sandbox.
 GARBAGE = st.text(st.characters(blacklist_characters="\x00"), max_size=12).map(
     lambda text: text.replace("/", "\u2215") + ("x" if text in (".", "..") else ""))
-NUMBER = (st.integers(-3, 40) | st.sampled_from(["-1", "0", "1e9", "nan", "inf", "-inf", "1e-310", "0x10", "",
-                                                 "99999999999999999999", "3.5", "-0.0"])).map(str)
-RUNS = st.sampled_from(["run", "run", "damaged", "missing-run", "latin1.txt", "folder", "", "-", "binary.bin"])
+ODD_NUMBERS = st.sampled_from(["1e9", "nan", "inf", "-inf", "1e-310", "0x10", "", "99999999999999999999", "-0.0"])
+INT = st.one_of(st.integers(0, 12), st.integers(0, 40), st.integers(-3, 40), ODD_NUMBERS | st.just("3.5")).map(str)
+REAL = st.one_of(st.sampled_from(["0", "0.5", "0.9", "1", "2"]), st.floats(0, 3), st.floats(-2, 1e3),
+                 ODD_NUMBERS).map(str)
+RUNS = st.one_of(st.just("run"), st.just("run"),
+                 st.sampled_from(["damaged", "missing-run", "latin1.txt", "folder", "", "-", "binary.bin"]))
 FILES = st.sampled_from(["words.txt", "latin1.txt", "empty.txt", "binary.bin", "folder", "missing.txt", "run"])
-TEXTS = st.sampled_from(["the cat", "", "zorblax", "THE Cat.", "\u00e9\u2028x", "\udcff"]) | GARBAGE
+TEXTS = st.one_of(st.sampled_from(["the cat", "", "zorblax", "THE Cat.", "\u00e9\u2028x", "\udcff", "a bird sees"]),
+                  GARBAGE)
+
+PRECISION = st.sampled_from(["auto", "float32", "bfloat16", "int8", "float16"])
 
 # flag -> strategy of its value (None: a flag without value)
 VERB_FLAGS = {
     "evaluate": {"--split": st.sampled_from(["train", "valid", "test", "dev"]), "--file": FILES,
-                 "--evaluation-batch-size": NUMBER, "--batch-size": NUMBER, "--json": None},
-    "predict": {"--text": TEXTS, "--top-k": NUMBER, "--split": st.sampled_from(["valid", "test", "x"]),
-                "--skip": NUMBER, "--count": NUMBER, "--json": None},
+                 "--evaluation-batch-size": INT, "--batch-size": INT, "--json": None, "--precision": PRECISION},
+    "predict": {"--text": TEXTS, "--top-k": INT, "--split": st.sampled_from(["valid", "test", "x"]),
+                "--skip": INT, "--count": INT, "--json": None,
+                "--precision": PRECISION},
     "generate": {"--prompt": TEXTS, "--num-words": st.integers(-3, 12).map(str) | GARBAGE,
-                 "--words": st.integers(-3, 12).map(str), "--temperature": NUMBER,
-                 "--top-k": NUMBER, "--top-p": NUMBER, "--seed": NUMBER, "--json": None},
-    "inspect": {"--text": TEXTS, "--layer": NUMBER, "--units": NUMBER, "--json": None,
+                 "--words": st.integers(-3, 12).map(str), "--temperature": REAL,
+                 "--top-k": INT, "--top-p": REAL, "--seed": INT, "--json": None,
+                 "--precision": PRECISION},
+    "inspect": {"--text": TEXTS, "--layer": INT, "--units": INT, "--json": None,
                 "--out": st.sampled_from(["plots/gates.png", "folder", "x/y.png", "gates.txt"])},
+    "export": {"--format": st.sampled_from(["onnx", "tflite"]),
+               "--out": st.sampled_from(["exported", "latin1.txt", "folder", "deep/er"])},
     "plot": {"--out": st.sampled_from(["plots", "latin1.txt", "deep/er"]) | GARBAGE},
     # serve only ever gets run directories it cannot load (a valid one would listen forever)
-    "serve": {"--port": NUMBER, "--max-request-bytes": NUMBER, "--host": st.sampled_from(["127.0.0.1", "nohost"]),
+    "serve": {"--port": INT, "--max-request-bytes": INT, "--host": st.sampled_from(["127.0.0.1", "nohost"]),
               "--log-level": st.sampled_from(["info", "loud"])},
-    # train always with --print-config, and --resume only of directories that cannot be resumed
+    # train always with --print-config, and --resume only of what is not a run directory: a run without
+    # state.json is started over (and --epochs 99999999999999999999 would then train for ever)
     "train": {"--preset": st.sampled_from(["tiny", "small", "enormous"]),
               "--config": st.sampled_from(["config.json", "list.json", "bad.json", "missing.json"]),
-              "--resume": st.sampled_from(["missing-run", "folder", "latin1.txt", "damaged"]),
-              "--hidden-size": NUMBER, "--num-steps": NUMBER, "--dropout": NUMBER, "--learning-rate": NUMBER,
-              "--batching": st.sampled_from(["stream", "window", "diagonal"]), "--epochs": NUMBER,
+              "--resume": st.sampled_from(["missing-run", "folder", "latin1.txt"]),
+              "--hidden-size": INT, "--num-steps": INT, "--dropout": REAL, "--learning-rate": REAL,
+              "--batching": st.sampled_from(["stream", "window", "diagonal"]), "--epochs": INT,
               "--optimizer": st.sampled_from(["sgd", "adam", "rmsprop"]), "--tie-weights": None,
-              "--no-tie-weights": None, "--train": FILES, "--valid": FILES, "--max-minutes": NUMBER,
-              "--max-vocabulary-size": NUMBER, "--max-vocab": NUMBER, "--evaluation-batch-size": NUMBER,
+              "--no-tie-weights": None, "--train": FILES, "--valid": FILES, "--max-minutes": REAL,
+              "--max-vocabulary-size": INT, "--max-vocab": INT, "--evaluation-batch-size": INT,
               "--learning-rate-schedule": st.sampled_from(["constant", "decay", "cosine", "sawtooth"])},
     "download": {"--out": st.sampled_from(["downloads", "latin1.txt"]), "--sha256": st.sampled_from(["ab", "0" * 64])},
 }
-RUN_VERBS = {"evaluate", "predict", "generate", "inspect", "plot", "serve"}
+RUN_VERBS = {"evaluate", "predict", "generate", "inspect", "plot", "serve", "export"}
 
 
 def rarely(draw, one_in):
@@ -493,19 +504,24 @@ def command_lines(draw):
         urls = st.sampled_from(["ftp://example.org/x", "not a url", "http://", "https://192.0.2.1/f.txt"])
         argv += draw(st.lists(urls | GARBAGE.filter(lambda text: "://" not in text), max_size=2))
     for _ in range(draw(st.integers(0, 4))):
-        if not flags or rarely(draw, 10):
+        if not flags or rarely(draw, 15):
             argv.append(draw(st.sampled_from(["--help", "--bogus", "-x", "--", "-1"]) | GARBAGE))
             continue
         name = draw(st.sampled_from(sorted(flags)))
         argv.append(name)
-        if flags[name] is not None and not rarely(draw, 12):  # rarely, the value is missing
-            argv.append(draw(GARBAGE) if rarely(draw, 6) else draw(flags[name]))
+        if flags[name] is not None and not rarely(draw, 20):  # rarely, the value is missing
+            argv.append(draw(GARBAGE) if rarely(draw, 10) else draw(flags[name]))
     if verb == "train":
         argv.append("--print-config")
         if "--resume" not in argv:
             argv += ["--train", "words.txt", "--valid", "words.txt"]
     if verb == "generate" and "--words" not in argv and "--num-words" not in argv:
         argv += ["--num-words", "3"]  # the default, 30 words, would make the fuzz slow
+    # the required flags, mostly given, so that most command lines get past the parser
+    needed = {"inspect": ["--text"], "predict": ["--text", "--split"], "download": ["--out"],
+              "export": ["--out"]}.get(verb, [])
+    if needed and not set(needed) & set(argv) and not rarely(draw, 5):
+        argv += [needed[0], draw(flags[needed[0]])]
     return argv
 
 
