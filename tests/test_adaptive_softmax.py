@@ -320,6 +320,54 @@ def test_predict_generate_score_and_evaluate_on_an_adaptive_run(adaptive_run):
     result = model.evaluate(split="test")
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
     assert 0 < result["accuracy"] <= result["top5_accuracy"] <= 1
+    # the same numbers as the model's own forward pass (the step model runs the adaptive layer itself)
+    from lstmlm.corpus import read_split
+    from lstmlm.evaluate import evaluate_ids
+
+    ids, _ = read_split(model.config, "test", model.vocabulary)
+    assert evaluate_ids(model.model, ids, model.vocabulary)["loss"] == pytest.approx(result["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_an_adaptive_run_loads_in_every_inference_precision(adaptive_run, precision):
+    """bfloat16 / int8 LSTM products, the adaptive softmax in float32: still a distribution, close to float32."""
+    from lstmlm.language_model import load
+
+    out, _ = adaptive_run
+    exact, model = load(out, precision="float32"), load(out, precision=precision)
+    prediction = entries(model.predict_next("the cat", top_k=len(model.vocabulary)))
+    assert sum(e["probability"] for e in prediction) == pytest.approx(1.0, abs=1e-5)
+    reference = {e["word"]: e["probability"] for e in entries(exact.predict_next("the cat", top_k=30))}
+    for entry in prediction[:5]:
+        assert entry["probability"] == pytest.approx(reference[entry["word"]], abs=0.02)
+    assert model.evaluate(split="valid")["perplexity"] == pytest.approx(exact.evaluate(split="valid")["perplexity"],
+                                                                         rel=0.02)
+    assert model.step_model.nbytes_per_word() > 0
+
+
+def test_an_adaptive_run_saved_with_precision_auto_loads_without_a_flag(adaptive_run, tmp_path):
+    """`lstmlm train --softmax adaptive` saves precision 'auto' by default, which inference reads as bfloat16 where
+    the CPU has it: predict / evaluate must then work without --precision (the LSTM in bfloat16)."""
+    import shutil
+
+    from lstmlm.language_model import load
+
+    out, _ = adaptive_run
+    copy = tmp_path / "auto"
+    shutil.copytree(out, copy)
+    info = json.loads((copy / "config.json").read_text())
+    info["config"]["precision"] = "auto"
+    (copy / "config.json").write_text(json.dumps(info))
+    model = load(copy)
+    assert sum(e["probability"] for e in entries(model.predict_next("the cat", top_k=40))) == pytest.approx(1, abs=1e-5)
+    assert model.evaluate(split="valid")["perplexity"] == pytest.approx(
+        load(out, precision="float32").evaluate(split="valid")["perplexity"], rel=0.02)
+
+
+def test_onnx_export_of_an_adaptive_run_is_one_line(adaptive_run, tmp_path, capsys):
+    out, _ = adaptive_run
+    assert main(["export", str(out), "--out", str(tmp_path / "onnx")]) == 2
+    assert capsys.readouterr().err.strip().startswith("lstmlm: error: export: a run with --softmax adaptive")
 
 
 def test_cli_rejects_bad_cutoffs_before_writing_anything(toy_corpus, tmp_path, capsys):

@@ -76,6 +76,9 @@ def export_onnx(language_model, out):
         raise LstmlmError(INSTALL_HINT) from None
     from lstmlm.step_model import TorchStepModel
 
+    if language_model.model.softmax == "adaptive":
+        raise LstmlmError("export: a run with --softmax adaptive cannot be exported to ONNX yet (the step module "
+                          "has a single output matrix); export a --softmax full run")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LstmlmError(f"--out {out}: exists and is not a directory")

@@ -148,13 +148,16 @@ class LSTMLanguageModel(keras.Model):
         x, new_states = self.hidden_states(token_ids, states, training)  # x: (batch, time, hidden_size)
         if last_only:
             x = x[:, -1:]
+        return self.output_scores(x, training), new_states  # (batch, time, vocabulary_size)
+
+    def output_scores(self, hidden, training=False):
+        """The softmax layer on top-layer outputs (..., hidden_size) -> (..., vocabulary_size): logits, or with
+        the adaptive softmax normalised log-probabilities (float32). A softmax of either is the distribution."""
         if self.softmax == "adaptive":
-            logits = self.adaptive_softmax.log_probabilities(x, self._tied_bands())
-        elif self.tie_weights:
-            logits = ops.matmul(x, ops.transpose(self.embedding.embeddings)) + self.output_bias
-        else:
-            logits = self.output_layer(x) if training else self.output_layer.call(x)
-        return logits, new_states  # logits: (batch, time, vocabulary_size)
+            return self.adaptive_softmax.log_probabilities(hidden, self._tied_bands())
+        if self.tie_weights:
+            return ops.matmul(hidden, ops.transpose(self.embedding.embeddings)) + self.output_bias
+        return self.output_layer(hidden) if training else self.output_layer.call(hidden)
 
     def hidden_states(self, token_ids, states=None, training=False):
         """The last LSTM layer's output (after its dropout in training) and the new states.

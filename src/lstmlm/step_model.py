@@ -15,6 +15,9 @@ model's (export.py). Two implementations:
   products (bfloat16 `torch.lstm` re-lays its weights out on every call) and keep the state in float32.
 - `KerasStepModel` (any Keras backend, float32): the model's own layers -- the pure-Keras fallback.
 
+With the adaptive softmax (adaptive_softmax.py) `logits` returns its normalised log-probabilities, from the
+model's own layer in float32 in every precision (its products are a few times smaller than a full softmax's).
+
 Batch invariance: int8 products are integer sums and every elementwise step treats each row alike, so a row's
 numbers do not depend on the other rows of its batch or on how a text is cut into calls (`batch_invariant`).
 Exceptions: with more than one torch thread and more than 32,768 elements in one elementwise op (torch's
@@ -27,7 +30,6 @@ or positions.
 import numpy as np
 
 from lstmlm import torch_backend
-from lstmlm.errors import LstmlmError
 
 # Gate order in Keras and torch is (input, forget, cell, output); lstm_layer stores (input, forget, output, cell)
 # so one sigmoid covers the first three blocks and one tanh the last.
@@ -35,15 +37,7 @@ _IFOG = (0, 1, 3, 2)
 
 
 def make_step_model(model, precision="float32"):
-    """The step model for `model` (an LSTMLanguageModel) in `precision` (already resolved: see precision.py).
-
-    The adaptive softmax and adaptive input (adaptive_softmax.py) run through the model's own Keras layers, in
-    float32: the plain-tensor step model covers the full softmax only.
-    """
-    if getattr(model, "softmax", "full") == "adaptive":
-        if precision != "float32":
-            raise LstmlmError(f"--precision {precision}: not available with the adaptive softmax (float32 only)")
-        return KerasStepModel(model)
+    """The step model for `model` (an LSTMLanguageModel) in `precision` (already resolved: see precision.py)."""
     if torch_backend.is_torch():
         return TorchStepModel(model, precision)
     if precision != "float32":
@@ -90,7 +84,10 @@ class TorchStepModel:
         self.embedding = embeddings  # float32 in every precision: a lookup reads one row per word
         layers = [(_tensor(layer.kernel).t(), _tensor(layer.recurrent_kernel).t(), _tensor(layer.bias))
                   for layer in model.lstm_layers]  # torch layout: (4 * hidden, inputs)
-        if model.tie_weights:
+        self.adaptive = model if model.softmax == "adaptive" else None
+        if self.adaptive is not None:
+            output_weight = output_bias = None
+        elif model.tie_weights:
             output_weight, output_bias = embeddings, _tensor(model.output_bias)
         else:
             output_weight, output_bias = _tensor(model.output_layer.kernel).t(), _tensor(model.output_layer.bias)
@@ -98,13 +95,14 @@ class TorchStepModel:
             self.flat_weights = []
             for w_ih, w_hh, b in layers:  # torch.lstm wants two biases; Keras has one
                 self.flat_weights += [w.contiguous() for w in (w_ih, w_hh, b, torch.zeros_like(b))]
-            self.output_weight, self.output_bias = output_weight.contiguous(), output_bias  # (vocabulary, hidden)
+            if self.adaptive is None:
+                self.output_weight, self.output_bias = output_weight.contiguous(), output_bias  # (vocabulary, hidden)
         else:
             product = Int8Linear if precision == "int8" else Bfloat16Linear
             H = self.hidden_size
             order = torch.cat([torch.arange(g * H, (g + 1) * H) for g in _IFOG])
             self.layers = [(product(w_ih[order], b[order]), product(w_hh[order])) for w_ih, w_hh, b in layers]
-            self.output = product(output_weight, output_bias)
+            self.output = None if self.adaptive is not None else product(output_weight, output_bias)
 
     # ---- states -----------------------------------------------------------------------------------------
     def initial_states(self, batch_size):
@@ -162,16 +160,25 @@ class TorchStepModel:
         import torch
 
         with torch.no_grad():
+            if self.adaptive is not None:
+                return self.adaptive.output_scores(hidden.float()).numpy()
             if self.precision == "float32":
                 return torch.nn.functional.linear(hidden, self.output_weight, self.output_bias).numpy()
             return self.output(hidden.float()).numpy()
 
     def nbytes_per_word(self):
-        """Weight bytes one word at batch 1 reads: both LSTM matrices of every layer and the softmax layer."""
+        """Weight bytes one word at batch 1 reads: both LSTM matrices of every layer and the softmax layer
+        (the adaptive softmax's every weight, float32, and with tied weights the band weights it shares)."""
+        if self.adaptive is not None:
+            shared = self.adaptive.embedding.weights if self.adaptive.tie_weights else []
+            output = sum(int(np.prod(v.shape)) * 4 for v in [*self.adaptive.adaptive_softmax.weights, *shared])
+        elif self.precision != "float32":
+            output = self.output.nbytes()
+        else:
+            output = sum(t.numel() * t.element_size() for t in (self.output_weight, self.output_bias))
         if self.precision != "float32":
-            return sum(a.nbytes() + b.nbytes() for a, b in self.layers) + self.output.nbytes()
-        tensors = self.flat_weights + [self.output_weight, self.output_bias]
-        return sum(t.numel() * t.element_size() for t in tensors)
+            return sum(a.nbytes() + b.nbytes() for a, b in self.layers) + output
+        return sum(t.numel() * t.element_size() for t in self.flat_weights) + output
 
 
 def lstm_layer(x, h, c, input_product, recurrent_product):
@@ -256,13 +263,5 @@ class KerasStepModel:
             return x, (ops.stack(hs), ops.stack(cs))
 
     def logits(self, hidden):
-        from keras import ops
-
         with torch_backend.no_grad():
-            if getattr(self.model, "softmax", "full") == "adaptive":  # normalised log-probabilities
-                logits = self.model.adaptive_softmax.log_probabilities(hidden, self.model._tied_bands())
-            elif self.model.tie_weights:
-                logits = ops.matmul(hidden, ops.transpose(self.model.embedding.embeddings)) + self.model.output_bias
-            else:
-                logits = self.model.output_layer.call(hidden)
-            return np.asarray(torch_backend.to_numpy(logits), dtype=np.float32)
+            return np.asarray(torch_backend.to_numpy(self.model.output_scores(hidden)), dtype=np.float32)
