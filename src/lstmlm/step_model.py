@@ -160,8 +160,9 @@ class TorchStepModel:
         import torch
 
         with torch.no_grad():
-            if self.adaptive is not None:
-                return self.adaptive.output_scores(hidden.float()).numpy()
+            if self.adaptive is not None:  # the Keras layer's weights live on the backend's device (a GPU if any)
+                hidden = hidden.float().to(torch_backend.device_type())
+                return self.adaptive.output_scores(hidden).cpu().numpy()
             if self.precision == "float32":
                 return torch.nn.functional.linear(hidden, self.output_weight, self.output_bias).numpy()
             return self.output(hidden.float()).numpy()
