@@ -33,8 +33,9 @@ class Budget:
         return self.seconds_before + time.time() - self.started
 
     def spent(self):
-        """True when the budget is used up (checked before an epoch starts)."""
-        return self.limit > 0 and self.elapsed() >= self.limit
+        """True when no time is left to train and then validate (checked before an epoch starts): an epoch that
+        could train at most a batch before it had to stop and validate again is not started."""
+        return self.limit > 0 and self.elapsed() + self.validation_seconds >= self.limit
 
     def leaves_time_for_validation(self):
         """False when training further would leave too little time to validate (checked after each batch)."""
