@@ -345,7 +345,10 @@ class TrainingRun:
             if self.batches.carries_state:
                 states = self.trainer.states_from_arrays(rd.load_arrays(self.out / state["states"]), self.batches.rows)
             sums = state["partial_sums"] if self.rank == 0 else None  # combine_ranks() adds the others' share
-            return EpochProgress(epoch, device, state["batch"], sums, states, state["window_position"])
+            progress = EpochProgress(epoch, device, state["batch"], sums, states, state["window_position"])
+            # the rate of the last batch done: the history row's rate if no batch is left to train
+            progress.learning_rate = self.rate_at(epoch)(state["batch"] - 1)
+            return progress
         states = self.model.initial_states(self.batches.local_batch_size) if self.batches.carries_state else None
         return EpochProgress(epoch, device, states=states, window_position=self.batches.position)
 
