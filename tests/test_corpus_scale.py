@@ -3,6 +3,8 @@
 No speed or memory threshold here (timings on a shared machine are noisy); the numbers are in docs/corpus.md.
 """
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +28,18 @@ def test_zipf_text_is_reproducible_with_the_requested_token_count(tmp_path):
     assert len(text.split()) == 5000 and 100 < text.count("\n") < 400  # ~ one line per 20 words
     counts = np.bincount([int(w in words[:10]) for w in text.split()])
     assert counts[1] > counts[0] * 0.3  # Zipf: the 10 most frequent of 1,000 types are about 40% of the text
+
+
+def test_loading_a_corpus_imports_neither_keras_nor_torch():
+    """The benchmark's baseline (and any data-only tool) relies on it; config.py once pulled Keras in through
+    the adaptive softmax's --cutoffs parser, raising the baseline from ~35 MB to ~500 MB and making it noisy."""
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import corpus_scale; corpus_scale.import_loader_only(); "
+            "import lstmlm.config, lstmlm.corpus, lstmlm.corpus_cache; "
+            "print(sorted(m for m in ('keras', 'torch') if m in sys.modules))")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.mark.slow

@@ -27,30 +27,13 @@ Everything is keras.ops, so it runs on every backend. The training path selects 
 import keras
 from keras import ops
 
+from lstmlm.config import parse_cutoffs  # noqa: F401 (config validates --cutoffs without importing Keras)
 from lstmlm.errors import LstmlmError
 
 DEFAULT_FACTOR = 4
 
 
 # ---- cutoffs ---------------------------------------------------------------------------------------------
-def parse_cutoffs(text):
-    """'2000,10000' (or a list) -> [2000, 10000]; '' -> [] (automatic). Raises LstmlmError naming --cutoffs.
-
-    Example:
-        >>> parse_cutoffs("2000, 10000"), parse_cutoffs("")
-        ([2000, 10000], [])
-    """
-    items = text if isinstance(text, (list, tuple)) else [t for t in str(text).replace(" ", "").split(",") if t]
-    try:
-        cutoffs = [int(item) for item in items]
-    except (TypeError, ValueError):
-        cutoffs = None
-    if cutoffs is None or any(c <= 0 for c in cutoffs) or any(a >= b for a, b in zip(cutoffs, cutoffs[1:])):
-        raise LstmlmError(f"--cutoffs must be increasing positive integers separated by commas (e.g. 2000,10000), "
-                          f"got {text!r}")
-    return cutoffs
-
-
 def resolve_cutoffs(text, vocabulary_size):
     """The cutoffs for a vocabulary: the given ones (each must be below its size), or automatic ones for ''.
 

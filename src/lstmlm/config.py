@@ -11,12 +11,29 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lstmlm.adaptive_softmax import parse_cutoffs
 from lstmlm.errors import LstmlmError
 
 
 def _help(text, **extra):
     return {"help": text, **extra}
+
+
+def parse_cutoffs(text):
+    """'2000,10000' (or a list) -> [2000, 10000]; '' -> [] (automatic). Raises LstmlmError naming --cutoffs.
+
+    Example:
+        >>> parse_cutoffs("2000, 10000"), parse_cutoffs("")
+        ([2000, 10000], [])
+    """
+    items = text if isinstance(text, (list, tuple)) else [t for t in str(text).replace(" ", "").split(",") if t]
+    try:
+        cutoffs = [int(item) for item in items]
+    except (TypeError, ValueError):
+        cutoffs = None
+    if cutoffs is None or any(c <= 0 for c in cutoffs) or any(a >= b for a, b in zip(cutoffs, cutoffs[1:])):
+        raise LstmlmError(f"--cutoffs must be increasing positive integers separated by commas (e.g. 2000,10000), "
+                          f"got {text!r}")
+    return cutoffs
 
 
 @dataclass
