@@ -13,11 +13,15 @@ Args (command line):
     --serve-flags "..."                    extra flags for `lstmlm serve` (e.g. "--precision int8")
     --compare-batching                     /v1/next with micro-batching and with the plain lock (--no-micro-batching),
                                            for each of --clients-list (default 1,8,32): one table
+    --keep-alive-check                     one client, /v1/next one request at a time: median latency through an
+                                           httpx keep-alive connection, a new connection per request (urllib), and
+                                           headless Chromium's fetch() from the served page (its keep-alive)
 
 Example:
     python benchmarks/load.py --tiny --clients 8 --requests 400
     python benchmarks/load.py --run-dir runs/ptb-small --clients 4 --requests 200 --endpoint next
     python benchmarks/load.py --run-dir runs/ptb-small --compare-batching --requests 400
+    python benchmarks/load.py --run-dir runs/ptb-small --keep-alive-check --requests 200
 """
 
 import argparse
@@ -152,11 +156,15 @@ def main():
     parser.add_argument("--compare-batching", action="store_true",
                         help="/v1/next with and without micro-batching for each of --clients-list")
     parser.add_argument("--clients-list", default="1,8,32")
+    parser.add_argument("--keep-alive-check", action="store_true",
+                        help="one client: httpx keep-alive vs a connection per request vs Chromium's fetch")
     args = parser.parse_args()
     if args.clients <= 0 or args.requests <= 0:
         parser.error("--clients and --requests must be positive")
     if args.compare_batching:
         return compare_batching(args)
+    if args.keep_alive_check:
+        return keep_alive_check(args)
 
     process = None
     with tempfile.TemporaryDirectory() as folder:
@@ -213,6 +221,86 @@ def compare_batching(args):
     out.with_suffix(".md").write_text(text)
     print(text, end="")
     return 1 if any(r["errors"] for r in rows) else 0
+
+
+def browser_latencies(url, body, requests, chromium="/usr/bin/chromium"):
+    """Seconds of each of `requests` sequential fetch() POSTs made by headless Chromium from the served page
+    (one keep-alive connection, as a user's browser), or None without Chromium or Playwright."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ModuleNotFoundError:
+        return None
+    if not Path(chromium).exists():
+        return None
+    script = """async ([body, n]) => { const out = [];
+        for (let i = 0; i < n; i++) { const t = performance.now();
+            const r = await fetch('/v1/next', {method: 'POST', headers: {'content-type': 'application/json'},
+                                               body: JSON.stringify(body)});
+            await r.json(); out.push((performance.now() - t) / 1000); }
+        return out; }"""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True,
+                                             args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.evaluate(script, [body, 5])  # warm-up
+            return page.evaluate(script, [body, requests])
+        finally:
+            browser.close()
+
+
+def keep_alive_check(args):
+    """Median and p99 latency of sequential /v1/next requests from one client, three ways (see --help)."""
+    import os
+    import urllib.request
+
+    from lstmlm.machine import describe
+
+    body = {"text": "the stock market", "top_k": 5}
+    data = json.dumps(body).encode()
+
+    def timed(call, n):
+        call()  # warm-up
+        out = []
+        for _ in range(n):
+            started = time.perf_counter()
+            call()
+            out.append(time.perf_counter() - started)
+        return out
+
+    rows = {}
+    with tempfile.TemporaryDirectory() as folder:
+        run_dir = train_tiny(Path(folder)) if args.tiny else args.run_dir
+        process, url = start_server(run_dir, args.serve_flags.split())
+        try:
+            with httpx.Client(base_url=url, timeout=60) as client:
+                rows["httpx, one keep-alive connection"] = timed(
+                    lambda: client.post("/v1/next", json=body).raise_for_status(), args.requests)
+            request = lambda: urllib.request.Request(url + "/v1/next", data=data,  # noqa: E731
+                                                     headers={"content-type": "application/json"})
+            rows["urllib, a new connection per request"] = timed(
+                lambda: urllib.request.urlopen(request(), timeout=60).read(), args.requests)
+            browser = browser_latencies(url, body, args.requests)
+            if browser is not None:
+                rows["Chromium fetch() from the page (keep-alive)"] = browser
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    header = (f"`{' '.join(sys.argv)}` -- {describe()}; load average {os.getloadavg()[0]:.1f} at the end; "
+              f"{args.requests} sequential /v1/next requests per client kind\n\n")
+    table = ["| client | p50 ms | p99 ms |", "|---|---|---|"]
+    for label, seconds in rows.items():
+        ordered = sorted(seconds)
+        table.append(f"| {label} | {1000 * ordered[len(ordered) // 2]:.1f} | "
+                     f"{1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]:.1f} |")
+    text = header + "\n".join(table) + "\n"
+    out = Path(args.out or "test-artifacts/load-keep-alive")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({k: [round(v, 6) for v in s] for k, s in rows.items()}) + "\n")
+    out.with_suffix(".md").write_text(text)
+    print(text, end="")
+    return 0
 
 
 if __name__ == "__main__":
