@@ -144,3 +144,11 @@ def test_a_deadline_stops_generation_with_a_prefix_of_the_same_text(loaded_tiny,
     assert loaded_tiny.generate("the cat", 12, seed=7, deadline=time.monotonic() - 1)["words"] == []
     samples = loaded_tiny.generate("the cat", 6, seed=3, num_samples=2, deadline=time.monotonic() + 60)
     assert samples["finish_reason"] == "num_words" and [len(s["words"]) for s in samples["samples"]] == [6, 6]
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "7", True])
+def test_a_bad_seed_is_one_clear_error(loaded_tiny, seed):
+    from lstmlm.errors import LstmlmError
+
+    with pytest.raises(LstmlmError, match=r"--seed must be a non-negative integer, got "):
+        loaded_tiny.generate("the", 3, seed=seed)

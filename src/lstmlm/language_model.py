@@ -175,6 +175,8 @@ class LanguageModel:
             raise LstmlmError(f"--num-words must be >= 0, got {num_words}")
         if num_samples is not None and num_samples < 1:
             raise LstmlmError(f"--num-samples must be positive, got {num_samples}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise LstmlmError(f"--seed must be a non-negative integer, got {seed!r}")  # numpy's error said less
         try:
             sampler = make_sampler(temperature, top_k, top_p)
         except ValueError as error:
