@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import signal
 import socket
 import sys
 import threading
@@ -360,6 +361,25 @@ def make_server(app, log_level="info"):
     return uvicorn.Server(config)
 
 
+def _keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def serve_in_main_thread(server, sock):
+    """Serve until SIGINT/SIGTERM: uvicorn drains, then re-raises the signal (Ctrl-C -> KeyboardInterrupt -> the
+    CLI's 130; SIGTERM -> the default action, 143).
+
+    Ctrl-C is given a handler of ours first. Otherwise asyncio.run (inside `server.run`) installs its own, which
+    uvicorn then re-raises Ctrl-C into as its coroutine ends; when the task had already finished, that handler did
+    nothing and the CLI exited 0 (seen once in a full test run under load). Ours always raises KeyboardInterrupt.
+    """
+    previous = signal.signal(signal.SIGINT, _keyboard_interrupt)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 # ---- the CLI verb ---------------------------------------------------------------------------------------
 def add_parser(subparsers):
     parser = subparsers.add_parser("serve", help="next-word suggestions over HTTP and a web page",
@@ -414,5 +434,5 @@ def run_serve(args):
     if host not in ("127.0.0.1", "::1"):
         print(f"lstmlm: note: {host} is reachable from other machines and there is no authentication",
               file=sys.stderr, flush=True)
-    make_server(app, args.log_level).run(sockets=[sock])
+    serve_in_main_thread(make_server(app, args.log_level), sock)
     return 0
