@@ -21,6 +21,8 @@ from lstmlm.tokenizer import EOS
 
 def _scores(logits, targets):
     """Summed negative log-probability, top-1 and top-5 hits for (batch, time, vocab) logits."""
+    if torch_backend.is_torch():
+        return torch_backend.scores(logits, targets)  # the same sums in one pass over the logits
     logits = ops.cast(logits, "float32")
     log_probs = ops.log_softmax(logits, axis=-1)
     target_log_probs = ops.take_along_axis(log_probs, ops.expand_dims(targets, -1), axis=-1)[..., 0]

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from lstmlm import torch_backend
 from lstmlm.lstm import LSTM
 from lstmlm.regularization import dropout, embedding_dropout
 
@@ -100,6 +101,9 @@ class LSTMLanguageModel(keras.Model):
                                                name="softmax_bias")
         else:
             self.output_layer.build((None, None, size))
+            # stored (vocabulary, size) in memory, as torch's Linear and a tied embedding are: the matrix products
+            # of the softmax layer then run on the same layouts as plain PyTorch's (shapes and files unchanged)
+            torch_backend.transposed_storage(self.output_layer.kernel)
 
     def initial_states(self, batch_size):
         """Zero (h, c) for every layer."""
@@ -119,29 +123,27 @@ class LSTMLanguageModel(keras.Model):
         if not self.built:  # a new model called here before model(x) or build(): create its weights first
             self.build()
         seed = self.seed_generator
-
-        def run(layer, *args, **kwargs):
-            # At inference the sublayers are built and given real tensors, so their call() runs directly:
-            # Keras' __call__ bookkeeping costs ~0.7 ms per layer, more than a 2x200 model's whole step.
-            return layer(*args, **kwargs) if training else layer.call(*args, **kwargs)
-
-        x = run(self.embedding, token_ids)  # (batch, time, embedding_size)
+        # The sublayers are built and given real tensors, so their call() runs directly: Keras' __call__
+        # bookkeeping costs ~0.7 ms per layer (more than a 2x200 model's whole step at inference) and casts
+        # bfloat16 activations to float32 between layers under autocast.
+        x = self.embedding.call(token_ids)  # (batch, time, embedding_size)
         if training:
             x = embedding_dropout(x, token_ids, self.vocabulary_size, self.embedding_dropout, seed)
             x = dropout(x, self.input_dropout, seed, self.variational)
         new_states = []
         for i, layer in enumerate(self.lstm_layers):
-            x, state = run(layer, x, initial_state=None if states is None else states[i], training=training)
+            x, state = layer.call(x, initial_state=None if states is None else states[i], training=training)
             new_states.append(state)  # x: (batch, time, hidden_size)
             if training:
                 last = i == self.num_layers - 1
                 x = dropout(x, self.dropout if last else self.layer_dropout, seed, self.variational)
         if last_only:
             x = x[:, -1:]
-        if self.tie_weights:
-            logits = ops.matmul(x, ops.transpose(self.embedding.embeddings)) + self.output_bias
+        if self.tie_weights:  # logits = x E^T + b with the embedding matrix E (vocabulary, size) itself
+            kernel, bias = ops.transpose(self.embedding.embeddings), self.output_bias
         else:
-            logits = run(self.output_layer, x)
+            kernel, bias = self.output_layer.kernel, self.output_layer.bias
+        logits = torch_backend.dense(x, kernel, bias)  # the softmax layer, Dense's mathematics
         return logits, new_states  # logits: (batch, time, vocabulary_size)
 
     def call(self, token_ids, training=False):

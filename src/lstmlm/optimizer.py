@@ -46,3 +46,11 @@ def load_optimizer_state(optimizer, arrays, groups):
         state.setdefault(int(index), {})[key] = torch.as_tensor(value)
     groups = [{k: (tuple(v) if k == "betas" else v) for k, v in group.items()} for group in groups]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+    # A fused optimizer walks a parameter, its gradient and its state in memory order, so the state must have
+    # the parameter's strides (the LSTM kernels are stored column-major: torch_backend.transposed_storage);
+    # arrays read from a file are row-major.
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            for key, value in optimizer.state.get(parameter, {}).items():
+                if torch.is_tensor(value) and value.shape == parameter.shape and value.stride() != parameter.stride():
+                    optimizer.state[parameter][key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)

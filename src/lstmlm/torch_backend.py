@@ -1,7 +1,12 @@
 """Everything that is specific to the PyTorch backend lives here, each piece with a pure-Keras fallback.
 
 - `fused_lstm`: one LSTM layer through torch's fused kernel (`torch.lstm`: oneDNN on CPU, cuDNN on CUDA),
-  taking the Keras-layout weights as they are, so `.keras` files stay portable to every backend.
+  taking the Keras-layout weights as they are, so `.keras` files stay portable to every backend;
+  `transposed_storage` lays those weights out in torch's memory order so that no step copies them.
+- `dense`: the softmax layer as one `addmm` (bias fused, no copy of a transposed weight).
+- `cross_entropy`: the training loss and its top-1 hits in one pass over the logits, gradient included;
+  `scores`: evaluation's loss, top-1 and top-5 the same way.
+- `dropout`: dropout masks from a torch.Generator seeded by a Keras SeedGenerator (same reproducibility).
 - `precision_context` / `resolve_precision`: bfloat16 autocast where the hardware runs it natively.
 - `no_grad`: inference without building an autograd graph; `repackage_hidden`: the truncated-BPTT detach.
 """
@@ -13,8 +18,8 @@ import warnings
 import keras
 
 # Inside `cached_weights()` (while the weights cannot change: one call, or a loaded LanguageModel's lifetime)
-# each weight is transposed to torch's layout once instead of on every step. Not keyed on tensor versions: torch's fused
-# optimizers update parameters in place without bumping `_version`.
+# a weight that is not in `transposed_storage` order is transposed to torch's layout once instead of on every step.
+# Not keyed on tensor versions: torch's fused optimizers update parameters in place without bumping `_version`.
 _cache = None
 
 def is_torch():
@@ -51,8 +56,35 @@ def fused_lstm(inputs, h, c, kernel, recurrent_kernel, bias, training):
     return outputs, h[0], c[0]
 
 
+def transposed_storage(variable):
+    """Store a 2-D Keras weight (in, out) in column-major memory order, in place.
+
+    Its shape, values and saved files stay Keras' (in, out); only the order of its elements in memory changes, to
+    torch's (out, in) layout, so that `weight.t()` is contiguous without a copy. For the LSTM kernels (in, 4 * units)
+    this means the fused kernel transposes nothing, forward or backward (at tutorial size the four per-step
+    transposes and their gradients' copies cost 8% of a training step); for the softmax layer's kernel the matrix
+    products run on the same layouts as torch's Linear. Gradients and optimizer state take the parameter's strides
+    (see optimizer.load_optimizer_state for state read from a file).
+
+    Args:
+        variable: a built Keras variable; a no-op on other backends.
+    """
+    if not is_torch():
+        return
+    import torch
+
+    value = variable.value
+    if value.dim() == 2 and not value.t().is_contiguous():
+        with torch.no_grad():
+            value.data = value.data.t().contiguous().t()
+
+
 def _torch_layout(weight):
-    """(in, 4 * units) Keras layout -> contiguous (4 * units, in) torch layout; once per `cached_weights()`."""
+    """(in, 4 * units) Keras layout -> contiguous (4 * units, in) torch layout: a view for a weight in
+    `transposed_storage` order (and for a weight derived from one elementwise, as the weight-dropped kernel);
+    otherwise a copy, made once per `cached_weights()`."""
+    if weight.t().is_contiguous():
+        return weight.t()
     if _cache is None:
         return weight.t().contiguous()
     if id(weight) not in _cache:
@@ -139,3 +171,140 @@ def to_numpy(tensor):
     if is_torch():
         return tensor.detach().float().cpu().numpy()
     return keras.ops.convert_to_numpy(keras.ops.cast(tensor, "float32"))
+
+
+def dense(x, kernel, bias):
+    """x @ kernel + bias over the last axis of x (batch, time, in); kernel (in, out) as Keras stores it.
+
+    On torch this is one `addmm`: the bias is added inside the matrix product, a transposed kernel (tied
+    embeddings) is read in place instead of copied, and under bfloat16 autocast the logits stay bfloat16
+    (half the bytes for the loss to read). Elsewhere: keras.ops.
+    """
+    if not is_torch():
+        return keras.ops.matmul(x, kernel) + bias
+    import torch
+
+    kernel, bias = keras.ops.convert_to_tensor(kernel), keras.ops.convert_to_tensor(bias)  # Keras variables
+    rows = x.reshape(-1, x.shape[-1])  # (batch * time, in)
+    return torch.addmm(bias, rows, kernel).reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def dropout(x, rate, seed_generator, noise_shape=None):
+    """Inverted dropout (kept values scaled by 1 / (1 - rate)); `noise_shape` broadcasts one mask (variational).
+
+    The mask is drawn from a torch.Generator seeded by the next value of the Keras SeedGenerator, as
+    keras.random.dropout seeds its own: masks are a function of that generator's state (so of seed, epoch and
+    batch in training). It compares uniform numbers with the keep probability instead of calling bernoulli, which
+    is 4x slower on CPU, and applies the mask as one multiplication (the backward pass is one more).
+    """
+    import torch
+
+    first, second = (int(v) for v in seed_generator.next())
+    generator = torch.Generator(device=x.device)
+    generator.manual_seed((first + second) & 0xFFFFFFFF)
+    keep = 1.0 - rate
+    if noise_shape is None:  # laid out like x, so x * scale keeps x's memory order (transposed_storage weights)
+        noise = torch.empty_like(x, dtype=torch.float32)
+    else:
+        noise = torch.empty(noise_shape, dtype=torch.float32, device=x.device)
+    noise.uniform_(generator=generator)
+    scale = (noise < keep).to(x.dtype).mul_(1.0 / keep)
+    return x * scale
+
+
+def cross_entropy(logits, targets):
+    """Mean cross-entropy in nats and the number of top-1 hits of (n, vocabulary) logits against (n,) targets.
+
+    One pass over the logits, in row blocks that stay in cache, computes the loss (float32 arithmetic whatever the
+    logits' dtype), the hits (the target's logit is the row's maximum; a tie of t words counts 1/t) and the gradient,
+    (softmax - one-hot) / n, stored in the logits' dtype for the backward pass. Torch's cross_entropy on bfloat16
+    logits writes float32 copies of the logits, their log-softmax and its gradient, then casts that back.
+
+    Args:
+        logits: (n, vocabulary) float32 or bfloat16 tensor.
+        targets: (n,) int64 tensor.
+    Returns:
+        (loss: float32 scalar tensor with a gradient, hits: float64 scalar tensor without one).
+    """
+    return _cross_entropy_function().apply(logits, targets)
+
+
+def _row_block(vocabulary_size):
+    return max(1, (1 << 18) // vocabulary_size)  # rows per block: 1 MiB of float32
+
+
+def _cross_entropy_forward(logits, targets, gradient=None):
+    """Summed loss and hits (float64 tensors); fills `gradient` (like logits) with (softmax - one-hot) / n if given."""
+    import torch
+
+    total = torch.zeros((), dtype=torch.float64, device=logits.device)
+    hits = torch.zeros((), dtype=torch.float64, device=logits.device)
+    count, step = logits.shape[0], _row_block(logits.shape[-1])
+    for start in range(0, count, step):
+        z = logits[start:start + step].float()  # (rows, vocabulary); a view when the logits are float32
+        target = targets[start:start + step, None]  # (rows, 1)
+        top = z.amax(-1, keepdim=True)
+        exp = torch.sub(z, top).exp_()
+        sums = exp.sum(-1, keepdim=True)
+        target_logit = z.gather(1, target)
+        total += (sums.log() + top - target_logit).sum(dtype=torch.float64)  # log-sum-exp - target logit
+        best = (target_logit >= top)[:, 0]  # the target's logit is the row's maximum: a hit, shared among ties
+        if best.any():
+            hits += (1.0 / (z[best] == top[best]).sum(-1)).sum(dtype=torch.float64)
+        if gradient is not None:
+            exp.div_(sums * count).scatter_add_(1, target, torch.full_like(target_logit, -1.0 / count))
+            gradient[start:start + step] = exp
+    return total, hits
+
+
+def scores(logits, targets):
+    """Evaluation sums of (..., vocabulary) logits against (...) targets: (negative log-likelihood in nats, top-1
+    hits, top-5 hits), as Python floats.
+
+    In row blocks that stay in cache: the log-sum-exp in float32 (whatever the logits' dtype); the target's rank
+    from two comparison passes in the logits' own dtype (exact on the same values), `above` = logits greater than
+    the target's and `tied` = logits equal to it, the target included. A top-k hit is counted as its probability
+    under a random order of the tied words, min(1, max(0, k - above) / tied): bfloat16 logits tie far more often
+    than float32 ones, and counting every tie for (or against) the target would bias the accuracy.
+    """
+    import torch
+
+    logits = logits.reshape(-1, logits.shape[-1])
+    targets = targets.reshape(-1, 1).long()
+    nll = torch.zeros((), dtype=torch.float64, device=logits.device)
+    above, tied = [], []
+    step = _row_block(logits.shape[-1])
+    for start in range(0, logits.shape[0], step):
+        block, target = logits[start:start + step], targets[start:start + step]  # (rows, vocabulary), (rows, 1)
+        target_logit = block.gather(1, target)
+        nll += (torch.logsumexp(block.float(), -1) - target_logit[:, 0].float()).sum(dtype=torch.float64)
+        greater = (block > target_logit).sum(-1)
+        above.append(greater)
+        tied.append((block >= target_logit).sum(-1) - greater)
+    above, tied = torch.cat(above).double(), torch.cat(tied).double()
+    top = [((k - above).clamp(min=0) / tied).clamp(max=1).sum() for k in (1, 5)]
+    return float(nll), float(top[0]), float(top[1])
+
+
+@functools.cache
+def _cross_entropy_function():
+    import torch
+
+    class CrossEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, logits, targets):
+            gradient = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+            total, hits = _cross_entropy_forward(logits, targets, gradient)
+            ctx.gradient = gradient  # not save_for_backward: backward scales it in place, once
+            ctx.mark_non_differentiable(hits)
+            return (total / max(1, logits.shape[0])).float(), hits
+
+        @staticmethod
+        def backward(ctx, grad_loss, grad_hits):
+            gradient, ctx.gradient = ctx.gradient, None
+            if gradient is None:
+                raise RuntimeError("cross_entropy: a second backward pass (its gradient is used up by the first)")
+            scale = float(grad_loss)  # 1, or num_steps for the loss summed over time
+            return (gradient if scale == 1.0 else gradient.mul_(scale)), None
+
+    return CrossEntropy
