@@ -1,8 +1,9 @@
-"""Plain-PyTorch fp32 reference of lstmlm's model, for benchmarks only (not part of the package).
+"""Plain-PyTorch reference of lstmlm's model, for benchmarks only (not part of the package).
 
 nn.Embedding -> nn.LSTM(num_layers, batch_first=True) -> Dropout -> nn.Linear(vocabulary), cross-entropy on
-logits, Adam(fused=True) or SGD, optional global-norm clipping: the hand-written loop that lstmlm's training
-step is measured against. Imports only torch, so a process that uses it alone has no Keras in its memory.
+logits, Adam(fused=True) or SGD, optional global-norm clipping, float32 or bfloat16 autocast: the hand-written
+loop that lstmlm's training step is measured against. Imports only torch, so a process that uses it alone has no
+Keras in its memory.
 """
 
 import torch
@@ -60,11 +61,14 @@ def make_optimizer(config, model):
     raise ValueError(f"reference has no optimizer {config.optimizer!r}")
 
 
-def train_step(model, optimizer, x, y, state, clip_norm, sum_over_time=False):
+def train_step(model, optimizer, x, y, state, clip_norm, sum_over_time=False, precision="float32"):
     """One step; returns (mean loss tensor, new state). x, y: (batch, time) long tensors. With `sum_over_time`
-    the gradient is that of the loss summed over time steps (Zaremba et al.), as lstmlm's small preset."""
-    logits, state = model(x, state)
-    loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    the gradient is that of the loss summed over time steps (Zaremba et al.), as lstmlm's small preset.
+    precision "bfloat16": the forward pass and the loss under torch.autocast, as the PyTorch docs write it
+    (autocast runs the matrix products and the LSTM in bfloat16, the cross-entropy in float32)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        logits, state = model(x, state)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
     optimizer.zero_grad(set_to_none=True)
     (loss * x.shape[1] if sum_over_time else loss).backward()
     if clip_norm > 0:

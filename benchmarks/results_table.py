@@ -9,21 +9,17 @@ the median training tokens/s over its epochs, the threads and the machine record
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 
 from lstmlm.language_model import load
+from lstmlm.machine import cpu_info
 
 
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def training_cpu(info):
+    """The CPU model config.json recorded for the training run (lstmlm.machine.cpu_info), else this machine's."""
+    recorded = info.get("versions", {}).get("cpu")
+    return recorded["model"] if isinstance(recorded, dict) and "model" in recorded else cpu_info()["model"]
 
 
 def measure(run_dir):
@@ -40,7 +36,7 @@ def measure(run_dir):
         "wall_minutes": history[-1]["wall_seconds"] / 60,
         "tokens_per_second": statistics.median(row["tokens_per_second"] for row in history),
         "threads": info.get("config", {}).get("threads") or info.get("versions", {}).get("threads"),
-        "device": info.get("device"), "precision": info.get("precision"), "cpu": cpu_name(),
+        "device": info.get("device"), "precision": info.get("precision"), "cpu": training_cpu(info),
     }
 
 

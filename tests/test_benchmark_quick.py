@@ -1,11 +1,14 @@
-"""The benchmark's quick mode (the CI smoke check's core), run in-process with tiny step counts.
+"""The throughput benchmark's quick mode (the CI smoke check's core), run in-process with tiny step counts.
 
 No speed threshold here: timings on a shared CI machine are too noisy for a test; `benchmarks/throughput.py
---quick` applies the loose bound (lstmlm >= 0.5x plain PyTorch) when run as a script.
+--quick` applies the loose bound (lstmlm >= 0.5x plain PyTorch at the same precision) when run as a script.
+What is checked: every variant really trained on the benchmark's batches, lstmlm through its public train_step,
+and the reported figures are the ones its recorded step times give.
 """
 
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -15,32 +18,50 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import throughput  # noqa: E402
 
+from lstmlm import torch_backend  # noqa: E402
+from lstmlm import training  # noqa: E402
+from lstmlm.machine import cpu_info  # noqa: E402
+
 
 @pytest.mark.slow
-def test_quick_mode_reports_positive_numbers(tmp_path):
-    result = throughput.run_quick(warmup=1, steps=2, repeats=1, log=lambda line: None)
+def test_quick_mode_times_the_real_steps(tmp_path, monkeypatch):
+    calls = []
+    real_step = training.train_step
+
+    def counting_step(*args, **kwargs):
+        calls.append(1)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_step", counting_step)
+    result = throughput.run_quick(warmup=1, rounds=2, log=lambda line: None)
 
     assert result["mode"] == "quick"
-    assert {"cpu", "cpu_flags", "torch", "keras", "torch_threads", "precision"} <= set(result["environment"])
+    assert result["environment"]["cpu"] == cpu_info()
     block = result["training"]["small"]
     assert block["tokens_per_step"] == 20 * 20
-    assert set(block["variants"]) == {"lstmlm", "pytorch"}
-    for row in block["variants"].values():
-        for key in ("ms_per_step", "tokens_per_second", "ratio_to_pytorch", "loss_first_step", "loss_last_step"):
-            assert row[key] > 0 and math.isfinite(row[key]), (key, row)
-        assert row["timed_steps"] == 2
-        # tokens/s is the step's tokens over its median time (ms_per_step is rounded to 0.1 ms)
-        assert row["tokens_per_second"] == pytest.approx(400 / row["ms_per_step"] * 1000, rel=0.01)
-    variants = block["variants"]
-    assert variants["pytorch"]["ratio_to_pytorch"] == 1.0
-    # the headline ratio is plain PyTorch's step time over lstmlm's (rounded to 3 decimals)
-    assert result["ratio_lstmlm_to_pytorch"] == variants["lstmlm"]["ratio_to_pytorch"] == pytest.approx(
-        variants["pytorch"]["ms_per_step"] / variants["lstmlm"]["ms_per_step"], abs=1e-3)
+    bfloat16 = cpu_info()["bfloat16"]
+    assert set(block["variants"]) == ({"lstmlm", "pytorch", "pytorch-bf16"} if bfloat16 else {"lstmlm", "pytorch"})
+    assert calls == [1] * 3  # lstmlm's steps (1 warm-up + 2 timed) went through training.train_step
+    lstmlm = block["variants"]["lstmlm"]
+    assert lstmlm["precision"] == torch_backend.resolve_precision("auto")
+    reference = "pytorch-bf16" if lstmlm["precision"] == "bfloat16" else "pytorch"
+    assert result["same_precision_reference"] == reference
+    for kind, row in block["variants"].items():
+        assert row["timed_steps"] == len(row["cpu_ms_steps"]) == len(row["wall_ms_steps"]) == 2
+        # an untrained model on a 10,000-word vocabulary starts near ln(10,000) = 9.21 nats
+        assert abs(row["loss_first_step"] - math.log(10000)) < 0.3, kind
+        assert math.isfinite(row["loss_last_step"])
+        assert row["cpu_ms"] == pytest.approx(statistics.median(row["cpu_ms_steps"]), abs=0.02)
+        assert row["tokens_per_second_cpu"] == pytest.approx(400 / (row["cpu_ms"] / 1000), rel=1e-3)
+        if f"speed_vs_{kind}_cpu" in row:  # a reference against itself
+            assert row[f"speed_vs_{kind}_cpu"] == row[f"speed_vs_{kind}_wall"] == 1.0
+    ratios = [b / a for a, b in zip(lstmlm["cpu_ms_steps"], block["variants"][reference]["cpu_ms_steps"])]
+    assert result["ratio_lstmlm_to_same_precision"] == pytest.approx(statistics.median(ratios), rel=0.01)
 
     json_path, md_path = throughput.write(result, tmp_path / "bench")
-    written = json.loads(json_path.read_text())["training"]["small"]["variants"]
-    assert written["lstmlm"]["tokens_per_second"] == variants["lstmlm"]["tokens_per_second"]
-    assert "plain PyTorch" in md_path.read_text()
+    assert json.loads(json_path.read_text())["training"]["small"]["variants"]["lstmlm"]["cpu_ms"] == lstmlm["cpu_ms"]
+    text = md_path.read_text()
+    assert cpu_info()["model"] in text and "| pytorch | float32 |" in text
 
 
 def test_zipf_batches_are_shifted_targets():
@@ -49,3 +70,8 @@ def test_zipf_batches_are_shifted_targets():
     assert x.shape == y.shape == (3, 5)
     assert (x[:, 1:] == y[:, :-1]).all()
     assert x.min() >= 0 and x.max() < 50
+
+
+def test_light_configs_match_the_presets():
+    throughput.check_light_configs()  # raises if a preset changed and the plain-PyTorch copy did not
+    assert set(throughput.LIGHT_CONFIGS) == {"tutorial", "small"}
