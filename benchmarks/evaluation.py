@@ -38,7 +38,6 @@ def prepare(directory, config, train_steps, tokens, log=print):
     from lstmlm.batches import stream_batches
     from lstmlm.corpus import load_corpus
     from lstmlm.model import build_model
-    from lstmlm.tokenize import EOS
     from lstmlm.training import Trainer, train_step
 
     corpus = load_corpus(config)
@@ -56,7 +55,7 @@ def prepare(directory, config, train_steps, tokens, log=print):
             states = torch_backend.repackage_hidden(states)
         log(f"  trained {train_steps} steps in {time.perf_counter() - started:.0f} s, last loss {float(loss):.3f}")
     model.save(Path(directory) / "model.keras")
-    eos = corpus.vocabulary.index[EOS]
+    eos = corpus.vocabulary.index["<eos>"]  # evaluate's leading <eos> (lstmlm's tokenizer.EOS)
     for split in SPLITS:
         ids = np.asarray(corpus[split] if not tokens else corpus[split][:tokens], dtype=np.int32)
         np.save(Path(directory) / f"{split}.npy", np.concatenate([[eos], ids]).astype(np.int32))

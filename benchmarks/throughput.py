@@ -7,7 +7,7 @@ Keras code, in tokens/s, and the peak memory of each.
     python benchmarks/throughput.py --quick --out /tmp/bq       # < 60 s: small only; exit 1 below --min-ratio
 
 Variants, each on the same batches (random ids, Zipf over 10,000 words, batch 20, the preset's num_steps):
-  lstmlm           lstmlm's step as `train_epoch` runs it, through the public Trainer, train_step and EpochProgress,
+  lstmlm           one batch through lstmlm's public epoch loop (Trainer, train_epoch, train_step, EpochProgress),
                    at the precision `train` picks (`auto`: bfloat16 where the CPU has it);
   lstmlm float32   the same at float32 (only where `auto` is bfloat16);
   pytorch          plain PyTorch (reference_pytorch.py), float32;
@@ -87,8 +87,8 @@ def bfloat16_native():
 
 # ---- the variants ----------------------------------------------------------------------------------------
 class LstmlmStep:
-    """One batch as `lstmlm.training.train_epoch` runs it: seed the dropout masks, set the learning rate,
-    `train_step`, carry the detached state (stream batching), add to the EpochProgress."""
+    """One batch through lstmlm's own epoch loop: `train_epoch` (dropout seeds, learning rate, train_step, the
+    detached state carried in stream batching, the EpochProgress sums), stopped after that batch."""
 
     def __init__(self, config_name, precision="auto"):
         import keras
@@ -102,23 +102,22 @@ class LstmlmStep:
         keras.utils.set_random_seed(self.config.seed)
         self.precision = torch_backend.resolve_precision(self.config.precision)
         self.trainer = Trainer(self.config, build_model(self.config, VOCABULARY), self.precision)
-        self.carry = self.config.batching == "stream"
+        carry = self.config.batching == "stream"
         self.progress = EpochProgress(1, self.trainer.device,
-                                      states=self.trainer.model.initial_states(BATCH) if self.carry else None)
+                                      states=self.trainer.model.initial_states(BATCH) if carry else None)
+        self.batches = []  # the epoch so far: train_epoch runs from progress.batches_done on
         self.name = "lstmlm" if precision == "auto" else f"lstmlm {precision}"
 
     def step(self, x, y):
-        from lstmlm import torch_backend
-        from lstmlm.training import train_step
+        from lstmlm.training import train_epoch
 
-        progress = self.progress
-        self.trainer.seed_dropout(progress.epoch, progress.batches_done)
-        self.trainer.set_learning_rate(self.config.learning_rate)
-        loss, hits, states = train_step(self.trainer, x, y, progress.states)
-        if self.carry:
-            progress.states = torch_backend.repackage_hidden(states)
-        progress.add(loss, hits, x.size)
-        return float(loss)
+        self.batches.append((x, y))
+        before = self.progress.loss.item()
+        train_epoch(self.trainer, self.batches, self.progress, lambda index: self.config.learning_rate,
+                    should_stop=lambda progress: True)
+        if not self.trainer.last_step_finite:  # skipped by train_epoch: a nan/inf loss or gradient
+            return float("nan")
+        return (self.progress.loss.item() - before) / x.size  # this batch's mean loss
 
 
 class TorchStep:

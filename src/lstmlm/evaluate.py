@@ -64,7 +64,7 @@ def evaluate_ids(model, ids, vocabulary=None, evaluation_batch_size=1, chunk_len
     totals = [0.0, 0.0, 0.0]
     batch_size = max(1, min(evaluation_batch_size, len(ids) - 1))
     length = (len(ids) - 1) // batch_size
-    with torch_backend.no_grad(), torch_backend.precision_context(precision):
+    with torch_backend.no_grad(), torch_backend.precision_context(precision), torch_backend.cached_weights():
         inputs = ids[: batch_size * length].reshape(batch_size, length)
         targets = ids[1 : batch_size * length + 1].reshape(batch_size, length)
         states = _run_stream(model, inputs, targets, model.initial_states(batch_size), chunk_length, totals)
