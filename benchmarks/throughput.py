@@ -333,16 +333,19 @@ def run_full(args, log=print):
     started = time.perf_counter()
     result = {"mode": "full", "environment": env, "note": args.note, "training": {}}
     if args.memory_steps:  # first, while this process is small
-        result["memory"] = memory_benchmark(variants("tutorial"), "tutorial", args.memory_steps, args.threads,
-                                            log=log)
+        kinds = args.variants.split(",") if args.variants else variants("tutorial")
+        result["memory"] = memory_benchmark(kinds, "tutorial", args.memory_steps, args.threads, log=log)
     for config_name, rounds in (("tutorial", args.rounds), ("small", args.rounds_small)):
-        result["training"][config_name] = time_training(config_name, variants(config_name), args.warmup, rounds,
-                                                        log=log)
+        kinds = variants(config_name) if not args.variants else [
+            kind for kind in args.variants.split(",") if kind != "keras-tutorial" or config_name == "tutorial"]
+        result["training"][config_name] = time_training(config_name, kinds, args.warmup, rounds, log=log)
     if args.profile:
         log("  profiler")
-        same = "pytorch-bf16" if bfloat16_native() else "pytorch"
+        pairs = [("lstmlm", "pytorch-bf16" if bfloat16_native() else "pytorch")]
+        if bfloat16_native():
+            pairs.append(("lstmlm-float32", "pytorch"))
         result["profile"] = {f"{kind} {config}": profile_training(kind, config, steps=args.profile_steps)
-                             for config in ("tutorial", "small") for kind in ("lstmlm", same)}
+                             for config in ("tutorial", "small") for pair in pairs for kind in pair}
     env["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
@@ -418,6 +421,8 @@ def main(argv=None):
     parser.add_argument("--rounds-small", type=int, default=30, help="timed rounds, small config")
     parser.add_argument("--memory-steps", type=int, default=4,
                         help="training steps in each peak-memory subprocess (0 = skip the memory measurement)")
+    parser.add_argument("--variants", help="comma-separated subset of lstmlm, lstmlm-float32, pytorch, pytorch-bf16, "
+                        "keras-tutorial (default: all this CPU runs natively)")
     parser.add_argument("--profile", action="store_true", help="also torch.profiler's top ops of each step")
     parser.add_argument("--profile-steps", type=int, default=3, help="profiled steps per variant")
     parser.add_argument("--note", default="", help="free text recorded with the results (e.g. machine load)")
