@@ -40,10 +40,10 @@ def test_cross_entropy_equals_torch_loss_and_gradient(dtype, monkeypatch):
     assert hits.item() == (logits.float().argmax(-1) == targets).sum().item()  # no ties in random logits
 
 
-def test_cross_entropy_shares_a_tied_maximum_and_allows_one_backward():
+def test_cross_entropy_counts_a_tied_maximum_and_allows_one_backward():
     logits = torch.tensor([[2.0, 2.0, 0.0], [1.0, 3.0, 3.0], [5.0, 0.0, 0.0]], requires_grad=True)
     loss, hits = torch_backend.cross_entropy(logits, torch.tensor([0, 0, 0]))
-    assert hits.item() == pytest.approx(0.5 + 0 + 1)  # row 0: a tie of two for the top
+    assert hits.item() == 2  # row 0: the target ties for the top (training accuracy counts it, as before)
     expected = np.mean([math.log(2 + math.exp(-2)), math.log(1 + 2 * math.exp(2)), math.log(1 + 2 * math.exp(-5))])
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     with torch.no_grad():  # no gradient wanted: nothing is stored
@@ -53,28 +53,36 @@ def test_cross_entropy_shares_a_tied_maximum_and_allows_one_backward():
         loss.backward()
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_scores_equal_log_softmax_and_ranks(dtype, monkeypatch):
+def scores_of_logits(logits, targets):
+    """torch_backend.scores for given logits: features = logits, identity kernel, zero bias."""
+    vocabulary = logits.shape[-1]
+    return torch_backend.scores(logits, torch.eye(vocabulary), torch.zeros(vocabulary), targets)
+
+
+def test_scores_equal_log_softmax_and_ranks(monkeypatch):
     monkeypatch.setattr(torch_backend, "_row_block", lambda vocabulary: 16)
-    logits, targets = logits_and_targets(rows=50, dtype=getattr(torch, dtype))
-    nll, top1, top5 = torch_backend.scores(logits.reshape(5, 10, -1), targets.reshape(5, 10))
+    logits, targets = logits_and_targets(rows=50)
+    nll, top1, top5 = scores_of_logits(logits.reshape(5, 10, -1), targets.reshape(5, 10))
     exact = logits.double()
     assert nll == pytest.approx(-exact.log_softmax(-1).gather(1, targets[:, None]).sum().item(), rel=1e-6)
-    order = np.argsort(-exact.numpy(), axis=-1, kind="stable")
-    if dtype == "float32":  # no ties: top-k is the plain count
-        assert top1 == (order[:, 0] == targets.numpy()).sum()
-        assert top5 == (order[:, :5] == targets.numpy()[:, None]).any(-1).sum()
+    order = np.argsort(-exact.numpy(), axis=-1, kind="stable")  # no ties: top-k is the plain count
+    assert top1 == (order[:, 0] == targets.numpy()).sum()
+    assert top5 == (order[:, :5] == targets.numpy()[:, None]).any(-1).sum()
 
 
-def test_scores_count_ties_as_a_random_order_would():
-    # target word 0 each time: rank 0 tied with 1 other; rank 0 alone; 4 above and 2 tied (half a top-5 hit)
-    logits = torch.tensor([[3.0, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-                           [9.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-                           [1.0, 5.0, 5.0, 5.0, 5.0, 1.0, 0.0, 0.0]])
-    nll, top1, top5 = torch_backend.scores(logits, torch.tensor([0, 0, 0]))
-    assert top1 == pytest.approx(0.5 + 1 + 0)
-    assert top5 == pytest.approx(1 + 1 + 0.5)
-    assert nll == pytest.approx(-logits.double().log_softmax(-1)[:, 0].sum().item(), rel=1e-6)  # float32 math
+def test_scores_apply_the_softmax_layer_with_the_bias_in_float32():
+    generator = torch.Generator().manual_seed(4)
+    features, kernel = torch.randn(3, 7, 6, generator=generator), torch.randn(6, 40, generator=generator)
+    bias, targets = torch.randn(40, generator=generator) * 3, torch.randint(0, 40, (3, 7), generator=generator)
+    logits = (features.double() @ kernel.double() + bias.double()).reshape(21, 40)
+    expected = -logits.log_softmax(-1).gather(1, targets.reshape(-1, 1)).sum().item()
+    assert torch_backend.scores(features, kernel, bias, targets)[0] == pytest.approx(expected, rel=1e-6)
+    if torch_backend.bfloat16_supported():  # the product in bfloat16, the bias after it in float32
+        with torch_backend.precision_context("bfloat16"):
+            nll = torch_backend.scores(features, kernel, bias, targets)[0]
+        product = (features.reshape(21, 6).bfloat16() @ kernel.bfloat16()).double() + bias.double()
+        assert nll == pytest.approx(-product.log_softmax(-1).gather(1, targets.reshape(-1, 1)).sum().item(),
+                                    rel=1e-6)
 
 
 def test_dropout_masks_follow_the_seed_generator_state():

@@ -19,11 +19,12 @@ from lstmlm.metrics import perplexity
 from lstmlm.tokenizer import EOS
 
 
-def _scores(logits, targets):
-    """Summed negative log-probability, top-1 and top-5 hits for (batch, time, vocab) logits."""
+def _scores(features, kernel, bias, targets):
+    """Summed negative log-probability, top-1 and top-5 hits of the logits features @ kernel + bias
+    ((batch, time, vocab)) against (batch, time) targets."""
     if torch_backend.is_torch():
-        return torch_backend.scores(logits, targets)  # the same sums in one pass over the logits
-    logits = ops.cast(logits, "float32")
+        return torch_backend.scores(features, kernel, bias, targets)  # blockwise, no full float32 logits
+    logits = ops.cast(torch_backend.dense(features, kernel, bias), "float32")
     log_probs = ops.log_softmax(logits, axis=-1)
     target_log_probs = ops.take_along_axis(log_probs, ops.expand_dims(targets, -1), axis=-1)[..., 0]
     top5 = ops.top_k(logits, k=min(5, logits.shape[-1]), sorted=True)[1]  # (batch, time, 5)
@@ -37,8 +38,8 @@ def _run_stream(model, inputs, targets, states, chunk_length, totals):
     for start in range(0, inputs.shape[1], chunk_length):
         x = ops.convert_to_tensor(inputs[:, start:start + chunk_length], dtype="int32")
         y = ops.convert_to_tensor(targets[:, start:start + chunk_length], dtype="int32")
-        logits, states = model.call_with_states(x, states, training=False)
-        for i, value in enumerate(_scores(logits, y)):
+        features, states = model.call_with_states(x, states, training=False, features_only=True)
+        for i, value in enumerate(_scores(features, *model.softmax_layer(), y)):
             totals[i] += value
     return states
 

@@ -109,7 +109,7 @@ class LSTMLanguageModel(keras.Model):
         """Zero (h, c) for every layer."""
         return [layer.initial_state(batch_size) for layer in self.lstm_layers]
 
-    def call_with_states(self, token_ids, states=None, training=False, last_only=False):
+    def call_with_states(self, token_ids, states=None, training=False, last_only=False, features_only=False):
         """Logits for every position (or only the last), and the LSTM states after the last position.
 
         Args:
@@ -117,6 +117,8 @@ class LSTMLanguageModel(keras.Model):
             states: list of (h, c) per layer, each (batch, hidden_size); None = zeros.
             last_only: apply the softmax layer to the last position only (next-word prediction: the
                 (hidden x vocabulary) product is the largest cost, so skip it where it is not needed).
+            features_only: return the softmax layer's input (batch, time, hidden_size) instead of the logits,
+                for a caller that applies `softmax_layer()` itself (evaluation, blockwise).
         Returns:
             logits (batch, time or 1, vocabulary_size) and the new states.
         """
@@ -139,12 +141,17 @@ class LSTMLanguageModel(keras.Model):
                 x = dropout(x, self.dropout if last else self.layer_dropout, seed, self.variational)
         if last_only:
             x = x[:, -1:]
-        if self.tie_weights:  # logits = x E^T + b with the embedding matrix E (vocabulary, size) itself
-            kernel, bias = ops.transpose(self.embedding.embeddings), self.output_bias
-        else:
-            kernel, bias = self.output_layer.kernel, self.output_layer.bias
-        logits = torch_backend.dense(x, kernel, bias)  # the softmax layer, Dense's mathematics
+        if features_only:
+            return x, new_states
+        logits = torch_backend.dense(x, *self.softmax_layer())  # the softmax layer, Dense's mathematics
         return logits, new_states  # logits: (batch, time, vocabulary_size)
+
+    def softmax_layer(self):
+        """(kernel (size, vocabulary), bias (vocabulary,)): logits = features @ kernel + bias. Tied: the kernel is
+        the embedding matrix E (vocabulary, size) transposed, E itself (no copy)."""
+        if self.tie_weights:
+            return ops.transpose(self.embedding.embeddings), self.output_bias
+        return self.output_layer.kernel, self.output_layer.bias
 
     def call(self, token_ids, training=False):
         return self.call_with_states(token_ids, None, training)[0]

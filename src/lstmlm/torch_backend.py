@@ -194,7 +194,7 @@ def dense(x, kernel, bias):
         logits = torch.addmm(bias, rows, kernel)
     else:  # bfloat16 product (one copy of the kernel per `cached_weights()` block), float32 bias and logits
         dtype = torch.get_autocast_dtype(rows.device.type)
-        logits = torch.add(torch.mm(rows.to(dtype), _cast(kernel, dtype)), bias)
+        logits = torch.mm(rows.to(dtype), _cast(kernel, dtype)).float().add_(bias)
     return logits.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
@@ -235,7 +235,7 @@ def cross_entropy(logits, targets):
     """Mean cross-entropy in nats and the number of top-1 hits of (n, vocabulary) logits against (n,) targets.
 
     One pass over the logits, in row blocks that stay in cache, computes the loss (float32 arithmetic whatever the
-    logits' dtype), the hits (the target's logit is the row's maximum; a tie of t words counts 1/t) and the gradient,
+    logits' dtype), the hits (the target's logit is the row's maximum, ties included) and the gradient,
     (softmax - one-hot) / n, stored in the logits' dtype for the backward pass. Torch's cross_entropy on bfloat16
     logits writes float32 copies of the logits, their log-softmax and its gradient, then casts that back.
 
@@ -243,7 +243,7 @@ def cross_entropy(logits, targets):
         logits: (n, vocabulary) float32 or bfloat16 tensor.
         targets: (n,) int64 tensor.
     Returns:
-        (loss: float32 scalar tensor with a gradient, hits: float64 scalar tensor without one).
+        (loss: float32 scalar tensor with a gradient, hits: int64 scalar tensor without one).
     """
     return _cross_entropy_function().apply(logits, targets)
 
@@ -253,52 +253,69 @@ def _row_block(vocabulary_size):
 
 
 def _cross_entropy_forward(logits, targets, gradient=None):
-    """Summed loss and hits (float64 tensors); fills `gradient` (like logits) with (softmax - one-hot) / n if given."""
+    """Summed loss (float64) and top-1 hits (int64) as tensors; fills `gradient` (like logits) with
+    (softmax - one-hot) / n if given. About a dozen operations per row block and no synchronisation: the
+    per-row results go to buffers summed once at the end."""
     import torch
 
-    total = torch.zeros((), dtype=torch.float64, device=logits.device)
-    hits = torch.zeros((), dtype=torch.float64, device=logits.device)
-    count, step = logits.shape[0], _row_block(logits.shape[-1])
+    count, vocabulary = logits.shape
+    step = _row_block(vocabulary)
+    row_loss = torch.empty(count, dtype=torch.float32, device=logits.device)
+    row_hit = torch.empty(count, dtype=torch.bool, device=logits.device)
+    minus = torch.full((min(step, count), 1), -1.0 / count, dtype=logits.dtype, device=logits.device)
     for start in range(0, count, step):
-        z = logits[start:start + step].float()  # (rows, vocabulary); a view when the logits are float32
-        target = targets[start:start + step, None]  # (rows, 1)
+        rows = slice(start, start + step)
+        z = logits[rows].float()  # (rows, vocabulary); a view when the logits are float32
+        target = targets[rows, None]  # (rows, 1)
         top = z.amax(-1, keepdim=True)
         exp = torch.sub(z, top).exp_()
         sums = exp.sum(-1, keepdim=True)
         target_logit = z.gather(1, target)
-        total += (sums.log() + top - target_logit).sum(dtype=torch.float64)  # log-sum-exp - target logit
-        best = (target_logit >= top)[:, 0]  # the target's logit is the row's maximum: a hit, shared among ties
-        if best.any():
-            hits += (1.0 / (z[best] == top[best]).sum(-1)).sum(dtype=torch.float64)
+        torch.sub(sums.log().add_(top), target_logit, out=row_loss[rows, None])  # log-sum-exp - target logit
+        torch.ge(target_logit, top, out=row_hit[rows, None])  # the target's logit is the row's maximum
         if gradient is not None:
-            exp.div_(sums * count).scatter_add_(1, target, torch.full_like(target_logit, -1.0 / count))
-            gradient[start:start + step] = exp
-    return total, hits
+            part = gradient[rows]
+            torch.mul(exp, sums.mul_(count).reciprocal_(), out=part)  # softmax / n, in the logits' dtype
+            part.scatter_add_(1, target, minus[:len(target)])  # - one-hot / n
+    return row_loss.sum(dtype=torch.float64), row_hit.sum()
 
 
-def scores(logits, targets):
-    """Evaluation sums of (..., vocabulary) logits against (...) targets: (negative log-likelihood in nats, top-1
-    hits, top-5 hits), as Python floats.
+def scores(features, kernel, bias, targets):
+    """Evaluation sums of the logits features @ kernel + bias against targets: (negative log-likelihood in nats,
+    top-1 hits, top-5 hits), as Python floats.
 
-    In row blocks that stay in cache: the log-sum-exp in float32 (whatever the logits' dtype), and the target's
-    rank from comparisons in the logits' own dtype (exact on the same values) instead of a top-k: `above` = logits
-    greater than the target's over every row, then `tied` = logits equal to it (itself included) only in the rows
+    Args:
+        features: (..., size) softmax-layer inputs; kernel (size, vocabulary); bias (vocabulary,).
+        targets: (...) int ids.
+
+    The matrix product runs once for all rows (under autocast in bfloat16, without the bias: the product's own
+    rounding, as in training); then, in row blocks that stay in cache, the bias is added in float32, the
+    log-sum-exp taken in float32, and the target's rank found by comparisons instead of a top-k: `above` =
+    logits greater than the target's over every row, `tied` = logits equal to it (itself included) only in rows
     with above < 5, the only ones that can score. A top-k hit counts as its probability under a random order of
-    the tied words, min(1, max(0, k - above) / tied): counting every tie for (or against) the target would bias
-    the accuracy of low-precision logits.
+    the tied words, min(1, max(0, k - above) / tied). No float32 copy of all the logits is written.
     """
     import torch
 
-    logits = logits.reshape(-1, logits.shape[-1])
+    kernel, bias = keras.ops.convert_to_tensor(kernel), keras.ops.convert_to_tensor(bias)  # Keras variables
+    rows = features.reshape(-1, features.shape[-1])  # (n, size)
     targets = targets.reshape(-1, 1).long()
-    nll = torch.zeros((), dtype=torch.float64, device=logits.device)
-    top1 = torch.zeros((), dtype=torch.float64, device=logits.device)
-    top5 = torch.zeros((), dtype=torch.float64, device=logits.device)
-    step = _row_block(logits.shape[-1])
-    for start in range(0, logits.shape[0], step):
-        block, target = logits[start:start + step], targets[start:start + step]  # (rows, vocabulary), (rows, 1)
+    if torch.is_autocast_enabled(rows.device.type):
+        dtype = torch.get_autocast_dtype(rows.device.type)
+        product, add_bias = torch.mm(rows.to(dtype), _cast(kernel, dtype)), True  # (n, vocabulary)
+    else:
+        product, add_bias = torch.addmm(bias, rows, kernel), False
+    nll = torch.zeros((), dtype=torch.float64, device=rows.device)
+    top1 = torch.zeros((), dtype=torch.float64, device=rows.device)
+    top5 = torch.zeros((), dtype=torch.float64, device=rows.device)
+    step = _row_block(product.shape[-1])
+    for start in range(0, product.shape[0], step):
+        block = product[start:start + step].float()  # (rows, vocabulary): a copy, or a view for float32
+        if add_bias:
+            block = block.add_(bias)  # the product is bfloat16 here, so the block is its own float32 copy
+        target = targets[start:start + step]  # (rows, 1)
         target_logit = block.gather(1, target)
-        nll += (torch.logsumexp(block.float(), -1) - target_logit[:, 0].float()).sum(dtype=torch.float64)
+        nll += (torch.logsumexp(block, -1) - target_logit[:, 0]).sum(dtype=torch.float64)
         above = (block > target_logit).sum(-1)
         near = above < 5  # rows whose target can be in the top 5
         if near.any():
