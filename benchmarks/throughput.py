@@ -14,8 +14,8 @@ Variants, each on the same batches (random ids, Zipf over 10,000 words, batch 20
   pytorch bf16     the same under bfloat16 autocast (only where bfloat16 is native);
   keras tutorial   the tutorial's own Keras model and train_on_batch (reference_keras_tutorial.py; tutorial only).
 
-Timing: after warm-up steps, each round runs one step of every variant (the order rotates from round to round),
-so a variant's steps are spread over the whole run. Each step's wall time and process CPU time are recorded.
+Timing: after warm-up steps, each round runs one step of every variant (in a new random order each round), so a
+variant's steps are spread over the whole run and no variant always follows the same one. Each step's wall time and process CPU time are recorded.
 On a shared machine CPU time at --threads 1 is the stable figure (wall time counts the time other processes
 held the core); ratios are the median over rounds of the per-round ratio, so a slow moment hits both sides.
 """
@@ -193,8 +193,9 @@ def variants(config_name, full=True):
 
 # ---- timing --------------------------------------------------------------------------------------------
 def time_training(config_name, kinds, warmup, rounds, log=print):
-    """Warm-up steps for every variant, then `rounds` rounds of one timed step per variant (rotating order);
-    every variant sees the same batches in the same order."""
+    """Warm-up steps for every variant, then `rounds` rounds of one timed step per variant (in a random order
+    each round: a fixed order would let one variant always run right after the same other one, whose weights
+    fill the caches); every variant sees the same batches in the same order."""
     check_light_configs()
     num_steps = LIGHT_CONFIGS[config_name]["num_steps"]
     batches = zipf_batches(warmup + rounds, BATCH, num_steps)
@@ -203,10 +204,10 @@ def time_training(config_name, kinds, warmup, rounds, log=print):
     for kind, step in steps.items():
         for x, y in batches[:warmup]:
             records[kind]["losses"].append(step.step(x, y))
+    rng = np.random.default_rng(SEED)
     for r in range(rounds):
         x, y = batches[warmup + r]
-        order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
-        for kind in order:
+        for kind in rng.permutation(kinds):  # a new order each round: no variant always follows the same one
             wall, cpu = time.perf_counter(), time.process_time()
             loss = steps[kind].step(x, y)
             records[kind]["wall"].append(time.perf_counter() - wall)

@@ -85,6 +85,17 @@ def test_scores_apply_the_softmax_layer_with_the_bias_in_float32():
                                     rel=1e-6)
 
 
+def test_scores_count_ties_as_a_random_order_would():
+    # target word 0 each time: rank 0 tied with 1 other; rank 0 alone; 4 above and 2 tied (half a top-5 hit)
+    logits = torch.tensor([[3.0, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                           [9.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                           [1.0, 5.0, 5.0, 5.0, 5.0, 1.0, 0.0, 0.0]])
+    nll, top1, top5 = scores_of_logits(logits, torch.tensor([0, 0, 0]))
+    assert top1 == pytest.approx(0.5 + 1 + 0)
+    assert top5 == pytest.approx(1 + 1 + 0.5)
+    assert nll == pytest.approx(-logits.double().log_softmax(-1)[:, 0].sum().item(), rel=1e-6)  # float32 math
+
+
 def test_dropout_masks_follow_the_seed_generator_state():
     x = torch.ones(4, 6, 10)
     first = torch_backend.dropout(x, 0.25, keras.random.SeedGenerator(5))
@@ -156,3 +167,28 @@ def test_optimizer_state_read_row_major_takes_the_parameters_strides():
     assert any(not p.is_contiguous() for p in resumed)
     for a, b in zip(straight, resumed):
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "adamw"])
+def test_fused_step_on_column_major_parameters_equals_the_row_major_step(name):
+    """make_optimizer hands column-major parameters to torch's fused kernel as their (contiguous) transposes."""
+    config = Config(optimizer=name, learning_rate=0.05, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(0)
+    values = [torch.randn(4, 12, generator=generator), torch.randn(12, generator=generator)]
+    row_major = [torch.nn.Parameter(v.clone()) for v in values]
+    column_major = [torch.nn.Parameter(v.clone()) for v in values]
+    column_major[0].data = column_major[0].data.t().contiguous().t()
+    optimizers = [make_optimizer(config, row_major), make_optimizer(config, column_major)]
+    for step in range(3):
+        gradients = [torch.randn(v.shape, generator=generator) for v in values]
+        for parameters, optimizer in zip((row_major, column_major), optimizers):
+            for parameter, gradient in zip(parameters, gradients):
+                parameter.grad = torch.empty_like(parameter).copy_(gradient)
+            optimizer.step()
+    for a, b in zip(row_major, column_major):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-6, atol=1e-7)
+    kernel = column_major[0]
+    assert kernel.shape == (4, 12) and kernel.stride() == (1, 4) and kernel.grad.shape == (4, 12)
+    for value in optimizers[1].state[kernel].values():  # the state keeps the Keras shape and the same order
+        if value.dim() == 2:
+            assert value.shape == (4, 12) and value.stride() == (1, 4)
