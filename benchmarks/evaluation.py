@@ -9,7 +9,9 @@ valid and test splits, optionally side by side with another lstmlm source tree (
 The model has the preset's shape (default `speedrun`: 2x256, tied) over the full training vocabulary
 (--max-vocabulary-size 0), trained for --train-steps steps of lstmlm's train_step (so its distribution is not
 uniform), saved as .keras; every source tree evaluates that same file on the same ids in a fresh process, at the
-precision `lstmlm evaluate` uses (`auto`: bfloat16 where the CPU has it). Runs alternate between trees, so a
+precision `train` uses (`auto`: bfloat16 where the CPU has it). This is the path of `train`'s validation and of
+its final valid and test report (evaluate_ids on the Keras model under training's autocast); `lstmlm evaluate`
+and LanguageModel.evaluate run a step model instead (step_model.py), not timed here. Runs alternate between trees, so a
 busy moment of a shared machine hits both; the figure is the median over --repeats. --tokens N evaluates only
 the first N tokens of each split (the rate is what changes; say so when quoting it).
 """
@@ -199,7 +201,7 @@ def main(argv=None):
     parser.add_argument("--max-vocabulary-size", type=int, default=0, help="0 = every training word")
     parser.add_argument("--train-steps", type=int, default=200, help="training steps before evaluating")
     parser.add_argument("--tokens", type=int, default=0, help="evaluate the first N tokens of each split (0 = all)")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), help="default: what `evaluate` uses")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), help="default: what `train` uses")
     parser.add_argument("--compare", action="append", default=[], help="another lstmlm src/ tree to time first")
     parser.add_argument("--repeats", type=int, default=1, help="runs per tree, alternating")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in each evaluation (0 = default)")
