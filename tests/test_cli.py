@@ -130,7 +130,8 @@ def test_generate_with_seed(cli_run, capsys):
     assert outputs[0].startswith("my friend ")
     status, stdout, _ = run_cli(capsys, "generate", cli_run[0], "--num-words", "10", "--temperature", "0", "--json")
     result = json.loads(stdout)
-    assert list(result) == ["prompt_words", "words", "text", "unknown_words"]
+    assert list(result) == ["prompt_words", "words", "text", "unknown_words", "finish_reason"]
+    assert result["finish_reason"] == "num_words"
     assert len(result["words"]) == 10 and result["prompt_words"] == [] and result["unknown_words"] == []
 
 

@@ -124,3 +124,23 @@ def test_deprecated_words_keyword_still_works(loaded_tiny):
     with pytest.warns(DeprecationWarning, match="num_words"):
         old = loaded_tiny.generate("the", words=4, temperature=0)
     assert old == loaded_tiny.generate("the", num_words=4, temperature=0) and len(old["words"]) == 4
+
+
+def test_a_deadline_stops_generation_with_a_prefix_of_the_same_text(loaded_tiny, monkeypatch):
+    """generate(deadline=...) (the server's time bound) stops at a word boundary: the words so far are the
+    first words of the same call without a deadline, and finish_reason says why it stopped."""
+    import lstmlm.language_model as language_model
+
+    full = loaded_tiny.generate("the cat", 12, temperature=1.0, seed=7)
+    assert full["finish_reason"] == "num_words" and len(full["words"]) == 12
+    clock = iter(range(1000))  # a fake monotonic clock: one tick per reading
+    monkeypatch.setattr(language_model.time, "monotonic", lambda: next(clock))
+    cut = loaded_tiny.generate("the cat", 12, temperature=1.0, seed=7, deadline=5)  # readings 0..4 are before it
+    assert cut["finish_reason"] == "time_limit"
+    assert cut["words"] == full["words"][:5] and cut["prompt_words"] == full["prompt_words"]
+    monkeypatch.undo()
+    import time
+
+    assert loaded_tiny.generate("the cat", 12, seed=7, deadline=time.monotonic() - 1)["words"] == []
+    samples = loaded_tiny.generate("the cat", 6, seed=3, num_samples=2, deadline=time.monotonic() + 60)
+    assert samples["finish_reason"] == "num_words" and [len(s["words"]) for s in samples["samples"]] == [6, 6]

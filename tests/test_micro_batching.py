@@ -85,3 +85,30 @@ def test_bad_settings():
         MicroBatcher(lambda r: r, window=-1)
     with pytest.raises(ValueError):
         MicroBatcher(lambda r: r, max_batch=0)
+
+
+def test_a_request_that_times_out_waiting_for_the_gate_is_withdrawn_and_never_runs():
+    """The server passes its model lock as the gate: while another call holds it, a request whose time bound
+    passes gets TimeoutError and is dropped from its batch (the model never computes an answer no one reads)."""
+    model, gate = FakeModel(), threading.Lock()
+    batcher = MicroBatcher(model, window=0.001, gate=gate)
+    try:
+        with gate:  # the model is busy (say, a long /v1/generate)
+            started = time.perf_counter()
+            with pytest.raises(TimeoutError):
+                batcher.submit(5, timeout=0.2)
+            waited = time.perf_counter() - started
+        assert 0.2 <= waited < 5
+        assert batcher.submit(6, timeout=5) == 36  # the gate is free again: answered
+        assert model.batches == [[6]] and batcher.batch_sizes == [1]  # 5 never ran
+    finally:
+        batcher.close()
+
+
+def test_a_request_whose_batch_already_runs_waits_for_it_past_its_timeout():
+    model = FakeModel(seconds_per_batch=0.3)
+    batcher = MicroBatcher(model, window=0.0)
+    try:
+        assert batcher.submit(4, timeout=0.05) == 16  # running when its time ran out: its answer still comes
+    finally:
+        batcher.close()

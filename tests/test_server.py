@@ -305,3 +305,180 @@ def test_cli_serves_until_ctrl_c(tiny_run):  # serves the shared run read-only
         if process.poll() is None:
             process.kill()
         process.stderr.close()
+
+
+# ---- time bounds, Nagle, draining, isolation (issue 8) ---------------------------------------------------
+def test_accepted_connections_have_tcp_nodelay():
+    """The listening socket is TCP (proto IPPROTO_TCP, so asyncio sets TCP_NODELAY on each connection) and has
+    TCP_NODELAY itself, which accepted sockets inherit: no 40 ms Nagle / delayed-ACK stall on keep-alive."""
+    import socket
+
+    server = listen("127.0.0.1", 0)
+    try:
+        assert server.proto == socket.IPPROTO_TCP
+        with socket.create_connection(server.getsockname()):
+            accepted, _ = server.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        server.close()
+
+
+class SlowScore:
+    """A LanguageModel stand-in whose score holds the model for `seconds` (a long call that ignores deadlines)."""
+
+    def __init__(self, language_model, seconds):
+        self.language_model, self.seconds = language_model, seconds
+
+    def __getattr__(self, name):
+        return getattr(self.language_model, name)
+
+    def score(self, text):
+        time.sleep(self.seconds)
+        return self.language_model.score(text)
+
+
+@pytest.mark.parametrize("micro_batching", [True, False])
+def test_a_request_still_waiting_for_a_busy_model_at_its_time_bound_gets_503(loaded_tiny, micro_batching):
+    from lstmlm.server import Batching
+
+    app = create_app(SlowScore(loaded_tiny, 2.0), Limits(max_request_seconds=0.5), Batching(micro_batching))
+    with serving(app) as url, ThreadPoolExecutor(2) as pool:
+        long_call = pool.submit(httpx.post, url + "/v1/score", json={"text": "the cat"}, timeout=30)
+        time.sleep(0.3)  # the score holds the model now
+        started = time.monotonic()
+        waiting = [httpx.post(url + path, json=body, timeout=30) for path, body in
+                   (("/v1/next", {"text": "the cat"}), ("/v1/generate", {"prompt": "the", "num_words": 3}))]
+        waited = time.monotonic() - started
+        assert long_call.result().status_code == 200  # bound or not, a call that holds the model finishes
+    for answer in waiting:
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+        assert "busy" in answer.json()["error"] and "0.5 s" in answer.json()["error"]
+    assert waited < 1.9  # each gave up at its own bound, not when the long call ended
+    if micro_batching:
+        assert app.state.batcher.batch_sizes == []  # the withdrawn /v1/next never ran
+        app.state.batcher.close()
+
+
+def test_generate_stops_at_the_request_time_bound_with_the_words_so_far(tiny_run, loaded_tiny):
+    """/v1/generate cannot hold the model past its bound: with each word slowed to 50 ms and a 0.6 s bound, 100
+    words come back as the first few words of the same seeded text, finish_reason "time_limit"."""
+    from lstmlm.language_model import load
+    from lstmlm.server import Batching
+
+    slow = load(tiny_run)
+    fast_logits = slow._next_logits
+    slow._next_logits = lambda states: (time.sleep(0.05), fast_logits(states))[1]
+    body = {"prompt": "the cat", "num_words": 100, "temperature": 1.0, "seed": 11}
+    with serving(create_app(slow, Limits(max_request_seconds=0.6), Batching(False))) as url:
+        started = time.monotonic()
+        answer = httpx.post(url + "/v1/generate", json=body, timeout=30)
+        took = time.monotonic() - started
+        free = httpx.post(url + "/v1/score", json={"text": "the cat"}, timeout=30)  # the model is free again
+    assert answer.status_code == 200 and free.status_code == 200
+    result = answer.json()
+    alone = loaded_tiny.generate("the cat", 100, temperature=1.0, seed=11)
+    assert result["finish_reason"] == "time_limit" and 1 <= len(result["words"]) < 100
+    assert result["words"] == alone["words"][: len(result["words"])]
+    assert took < 3  # 0.6 s bound + one slowed word + HTTP; 100 words would take over 5 s
+
+
+def test_a_body_slower_than_the_time_bound_is_408_and_a_slow_timely_body_is_answered(tiny_run):
+    """A client that sends its body a byte at a time holds a connection until the bound, never the model."""
+    import socket
+
+    from lstmlm.language_model import load
+
+    body = json.dumps({"text": "the cat", "top_k": 2}).encode()
+    head = (f"POST /v1/next HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+
+    def send_slowly(url, pause):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as conn:
+            conn.sendall(head)
+            try:
+                for byte in body:
+                    conn.sendall(bytes([byte]))
+                    time.sleep(pause)
+            except OSError:  # the server answered 408 and closed: fine, read its answer
+                pass
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        status = int(answer.split(b" ", 2)[1])
+        return status, json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+    with serving(create_app(load(tiny_run), Limits(max_request_seconds=1.0))) as url:
+        status, answer = send_slowly(url, pause=0.2)  # ~30 bytes x 0.2 s = 6 s > 1 s
+        assert status == 408 and "did not arrive within 1 s" in answer["error"]
+        status, answer = send_slowly(url, pause=0.005)  # ~0.15 s: in time
+        assert status == 200 and len(answer["predictions"]) == 2
+
+
+def test_concurrent_seeded_generations_get_exactly_the_text_each_gets_alone(server_url, loaded_tiny):
+    """Isolation: 16 clients released together, each sampling (temperature 1, every word allowed) with its own
+    seed, get exactly the library's text for that seed alone: no shared LSTM state, no shared generator."""
+    requests = [{"prompt": SENTENCES[i % 4].split()[0], "num_words": 15, "temperature": 1.0, "seed": 1000 + i}
+                for i in range(16)]
+    alone = [loaded_tiny.generate(r["prompt"], 15, temperature=1.0, seed=r["seed"]) for r in requests]
+    barrier = threading.Barrier(len(requests))
+
+    def ask(body):
+        with httpx.Client(base_url=server_url, timeout=60) as client:
+            client.get("/health")  # connect first, so the barrier releases requests, not handshakes
+            barrier.wait()
+            return client.post("/v1/generate", json=body).json()
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(ask, requests))
+    assert together == alone
+    assert len({" ".join(r["words"]) for r in together}) > 8  # the seeds do give different texts
+
+
+@pytest.mark.slow
+def test_sigterm_drains_the_request_in_flight_then_exits(tiny_run):
+    """`lstmlm serve` gets SIGTERM while a request is in flight (its body half sent): it stops accepting new
+    connections, still answers that request in full, then exits with the SIGTERM status (143 in a shell)."""
+    import socket
+
+    process = subprocess.Popen([sys.executable, "-m", "lstmlm", "serve", str(tiny_run), "--port", "0",
+                                "--log-level", "warning"], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = process.stderr.readline()
+        found = re.search(r"at http://127\.0\.0\.1:(\d+)/", line)
+        assert found, line
+        port = int(found[1])
+        for _ in range(300):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        body = json.dumps({"text": "the cat sees the", "top_k": 3}).encode()
+        conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+        conn.sendall(f"POST /v1/next HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(httpx.TransportError):  # no longer listening
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+        assert process.poll() is None  # still draining the request in flight
+        conn.sendall(body[10:])
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+        conn.close()
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert len(json.loads(answer.split(b"\r\n\r\n", 1)[1])["predictions"]) == 3
+        assert process.wait(timeout=30) == -signal.SIGTERM
+        assert "Traceback" not in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()

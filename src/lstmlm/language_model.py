@@ -11,6 +11,7 @@ The network runs as a step model (step_model.py) in the precision chosen by the 
 """
 
 import string
+import time
 import warnings
 
 import numpy as np
@@ -150,11 +151,15 @@ class LanguageModel:
         return results
 
     def generate(self, prompt="", num_words=DEFAULT_NUM_WORDS, temperature=1.0, top_k=0, top_p=1.0, seed=None,
-                 num_samples=None, *, words=None):
+                 num_samples=None, *, deadline=None, words=None):
         """Continue the prompt word by word, carrying the LSTM state (each step feeds one word).
 
-        Returns {"prompt_words", "words", "text", "unknown_words"}: `words` are the num_words generated words,
-        `text` the same with <eos> as newlines. `words=` is the deprecated name of `num_words`.
+        Returns {"prompt_words", "words", "text", "unknown_words", "finish_reason"}: `words` are the num_words
+        generated words, `text` the same with <eos> as newlines. `words=` is the deprecated name of `num_words`.
+
+        `deadline` (a `time.monotonic()` value; the server passes its request's time bound) stops generation at
+        the first word boundary after it: the words so far are returned with finish_reason "time_limit" instead
+        of "num_words". They are the first words of what the call gives without a deadline (same seed).
 
         With `num_samples=N`, N continuations run as one batch (one matrix product per layer and word for all of
         them), sample i drawing from its own Generator seeded with seed + i: sample i is what
@@ -176,24 +181,29 @@ class LanguageModel:
             raise LstmlmError(f"sampling: {error}") from None
         ids, prompt_words, unknown = self.encode_prompt(prompt)
         if num_samples is None:
-            out = self._generate_rows(ids, num_words, sampler, [np.random.default_rng(seed)])[0]
-            return {"prompt_words": prompt_words, "words": out, "text": join_words(out), "unknown_words": unknown}
+            out = self._generate_rows(ids, num_words, sampler, [np.random.default_rng(seed)], deadline)[0]
+            return {"prompt_words": prompt_words, "words": out, "text": join_words(out), "unknown_words": unknown,
+                    "finish_reason": "num_words" if len(out) == num_words else "time_limit"}
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         seeds = [seed + i for i in range(num_samples)]
-        rows = self._generate_rows(ids, num_words, sampler, [np.random.default_rng(s) for s in seeds])
+        rows = self._generate_rows(ids, num_words, sampler, [np.random.default_rng(s) for s in seeds], deadline)
         return {"prompt_words": prompt_words,
                 "samples": [{"seed": s, "words": w, "text": join_words(w)} for s, w in zip(seeds, rows)],
-                "unknown_words": unknown}
+                "unknown_words": unknown,
+                "finish_reason": "num_words" if len(rows[0]) == num_words else "time_limit"}
 
-    def _generate_rows(self, ids, num_words, sampler, rngs):
-        """One continuation of `ids` per Generator, all rows stepped together; lists of words."""
+    def _generate_rows(self, ids, num_words, sampler, rngs, deadline=None):
+        """One continuation of `ids` per Generator, all rows stepped together; lists of words (shorter than
+        num_words if `deadline` passed)."""
         step = self.step_model
         states = self._prompt_states(ids)
         logits = np.repeat(self._next_logits(states), len(rngs), axis=0)  # (rows, vocabulary)
         states = step.repeat(states, len(rngs))
         out = [[] for _ in rngs]
         for position in range(num_words):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             chosen = sample_rows(sampler, logits, rngs)
             for row, index in zip(out, chosen):
                 row.append(self.vocabulary.words[index])

@@ -12,6 +12,12 @@
 Every answer is the library's result dict as it is (`LanguageModel.predict_next`, `generate`, `score`), so
 the keys are those of `lstmlm predict/generate --json`.
 
+Every request is bounded in time (`Limits.max_request_seconds`, default 10 s, from its headers to its answer):
+a body still arriving then gets 408; a request still waiting for the model then gets 503 with Retry-After (the
+model was busy with others); /v1/generate stops generating there and answers the words so far with
+finish_reason "time_limit". SIGTERM (or Ctrl-C) stops listening, lets the requests in flight finish, then exits.
+The listening socket is TCP with TCP_NODELAY, so keep-alive clients do not wait for delayed ACKs.
+
 The model is loaded once, before the server listens, in the precision chosen by `--precision` (else the one
 saved in the run: lstmlm/precision.py); requests name no files. Keras/torch model calls are not thread-safe, so
 every call holds one lock (FastAPI runs the endpoints in a thread pool). /v1/next requests that arrive within
@@ -26,11 +32,14 @@ and works without them.
 """
 
 import argparse
+import asyncio
+import contextlib
 import dataclasses
 import json
 import socket
 import sys
 import threading
+import time
 from importlib import resources
 
 from lstmlm.errors import LstmlmError
@@ -53,6 +62,7 @@ class Limits:
     max_num_words: int = 500  # /v1/generate: words to generate
     max_top_k: int = 100
     max_temperature: float = 10.0
+    max_request_seconds: float = 10.0  # from the request's headers to its answer: see `Busy` and BodyLimit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +112,15 @@ def _request_models(limits):
     return NextRequest, GenerateRequest, ScoreRequest
 
 
+class Busy(Exception):
+    """The model stayed busy with other requests until this request's time bound: a 503 (retry later)."""
+
+
+def deadline_of(request):
+    """The request's time bound (a `time.monotonic()` value) that BodyLimit set when its headers arrived."""
+    return request.scope.get("state", {}).get("deadline", time.monotonic())
+
+
 def _answer(function, *args):
     """function(*args), or the LstmlmError it raised (the micro-batcher raises it in that request's thread)."""
     try:
@@ -118,31 +137,38 @@ def _check_word_count(text, limits):
 
 # ---- the body-size limit --------------------------------------------------------------------------------
 class BodyLimit:
-    """ASGI middleware: answer 413 to a request body over `max_bytes` before the app parses it.
+    """ASGI middleware: bound every request's body in size (413) and in time (408) before the app parses it.
 
     The body is read here (at most max_bytes + one chunk) and replayed to the app, so a body without a
-    Content-Length header (chunked) is bounded too.
+    Content-Length header (chunked) is bounded too. The time bound starts when the headers have arrived
+    (`scope["state"]["deadline"]`, which the endpoints read too): a client that sends its body a byte at a time
+    holds a connection for at most `seconds`, never the model.
     """
 
-    def __init__(self, app, max_bytes):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes, seconds=Limits.max_request_seconds):
+        self.app, self.max_bytes, self.seconds = app, max_bytes, seconds
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        deadline = time.monotonic() + self.seconds
+        scope.setdefault("state", {})["deadline"] = deadline
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._too_large(send)
+            return await self._refuse(send, 413, f"request body over {self.max_bytes} bytes")
         chunks, size, more = [], 0, True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return await self._refuse(send, 408, f"the request body did not arrive within {self.seconds:g} s")
             if message["type"] != "http.request":  # the client went away
                 return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > self.max_bytes:
-                return await self._too_large(send)
+                return await self._refuse(send, 413, f"request body over {self.max_bytes} bytes")
         body, replayed = b"".join(chunks), False
 
         async def replay():
@@ -154,9 +180,9 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send):
-        payload = json.dumps({"error": f"request body over {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
+    async def _refuse(self, send, status, reason):
+        payload = json.dumps({"error": reason}).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": payload})
@@ -195,13 +221,22 @@ def create_app(language_model, limits=Limits(), batching=Batching()):
     NextRequest, GenerateRequest, ScoreRequest = _request_models(limits)
     lock = threading.Lock()
 
-    def next_batch(requests):  # [(text, top_k)] -> results; the model still runs one call at a time
-        with lock:
-            if language_model.step_model.batch_invariant:  # int8: one softmax-layer product for the batch
-                return language_model.predict_next_batch(requests)
-            return [_answer(language_model.predict_next, *request) for request in requests]  # each row alone
+    @contextlib.contextmanager
+    def model(request):  # the lock, if it comes free before the request's time bound
+        if not lock.acquire(timeout=max(0.0, deadline_of(request) - time.monotonic())):
+            raise Busy()
+        try:
+            yield language_model
+        finally:
+            lock.release()
 
-    batcher = MicroBatcher(next_batch, batching.window_ms / 1000, batching.max_batch) if batching.enabled else None
+    def next_batch(requests):  # [(text, top_k)] -> results, run holding the lock (the batcher's gate)
+        if language_model.step_model.batch_invariant:  # int8: one softmax-layer product for the batch
+            return language_model.predict_next_batch(requests)
+        return [_answer(language_model.predict_next, *request) for request in requests]  # each row alone
+
+    batcher = (MicroBatcher(next_batch, batching.window_ms / 1000, batching.max_batch, gate=lock)
+               if batching.enabled else None)
     page = resources.files("lstmlm").joinpath("web/index.html").read_text(encoding="utf-8")
     model_name = language_model.run.path.resolve().name  # the directory's name, never the full path
     health = {"status": "ok", "model": model_name, "vocabulary_size": len(language_model.vocabulary),
@@ -213,7 +248,7 @@ def create_app(language_model, limits=Limits(), batching=Batching()):
 
     app = FastAPI(title="lstmlm", version=__import__("lstmlm").__version__,
                   description=f"Next-word suggestions, generation and scoring with the LSTM model {model_name!r}.")
-    app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes, seconds=limits.max_request_seconds)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
@@ -229,6 +264,12 @@ def create_app(language_model, limits=Limits(), batching=Batching()):
     @app.exception_handler(LstmlmError)
     async def user_error(request: Request, error: LstmlmError):
         return JSONResponse({"error": str(error)}, status_code=422)
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, error: Busy):  # overloaded, not broken: the client may retry
+        return JSONResponse({"error": f"the model was busy for this request's whole time bound "
+                                      f"({limits.max_request_seconds:g} s); retry later"},
+                            status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):  # 404, 405: JSON like the rest
@@ -249,33 +290,38 @@ def create_app(language_model, limits=Limits(), batching=Batching()):
         return health
 
     @app.post("/v1/next")
-    def next_words(request: NextRequest):
+    def next_words(request: NextRequest, http: Request):
         """The `top_k` most likely next words after `text`, most likely first: {"predictions": [{"word",
         "probability"}], "unknown_words"}."""
         _check_word_count(request.text, limits)
         if batcher is not None:
-            return batcher.submit((request.text, request.top_k))
-        with lock:
-            return language_model.predict_next(request.text, request.top_k)
+            try:
+                return batcher.submit((request.text, request.top_k), max(0.0, deadline_of(http) - time.monotonic()))
+            except TimeoutError:
+                raise Busy() from None
+        with model(http) as language:
+            return language.predict_next(request.text, request.top_k)
 
     @app.post("/v1/generate")
-    def generate(request: GenerateRequest):
-        """Continue `prompt` by `num_words` words: {"prompt_words", "words", "text", "unknown_words"}; the same
-        seed (and settings) gives the same text."""
+    def generate(request: GenerateRequest, http: Request):
+        """Continue `prompt` by `num_words` words: {"prompt_words", "words", "text", "unknown_words",
+        "finish_reason"}; the same seed (and settings) gives the same text. Generation stops at the request's
+        time bound (`limits.max_request_seconds`) with the words so far and finish_reason "time_limit"."""
         _check_word_count(request.prompt, limits)
-        with lock:
-            return language_model.generate(request.prompt, request.num_words, request.temperature, request.top_k,
-                                           request.top_p, request.seed)
+        with model(http) as language:
+            return language.generate(request.prompt, request.num_words, request.temperature, request.top_k,
+                                     request.top_p, request.seed, deadline=deadline_of(http))
 
     @app.post("/v1/score")
-    def score(request: ScoreRequest):
+    def score(request: ScoreRequest, http: Request):
         """Log-probability (nats) of each word given the words before it: {"word_scores": [{"word",
         "log_probability"}], "total_log_probability", "tokens", "perplexity", "unknown_words"}."""
         _check_word_count(request.text, limits)
-        with lock:
-            return language_model.score(request.text)
+        with model(http) as language:
+            return language.score(request.text)
 
     app.state.batcher = batcher  # app.state.batcher.close() stops its worker thread (a daemon otherwise)
+    app.state.limits = limits
     return app
 
 
@@ -285,8 +331,12 @@ def listen(host, port):
     sock = None
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on an accepted connection only when its socket says
+        # it is TCP. Without it, Nagle's algorithm holds the response's second write (uvicorn sends the headers
+        # and the body separately) until the client's delayed ACK, ~40 ms later, on every keep-alive request.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets on Linux
         sock.bind((host, port))
     except OSError as error:
         if sock is not None:
@@ -303,7 +353,10 @@ def make_server(app, log_level="info"):
     """
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+    # SIGTERM / Ctrl-C: stop listening, let every request in flight finish (each is bounded by the app's
+    # max_request_seconds), then exit; a second signal forces it.
+    limits = getattr(app.state, "limits", Limits())
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=limits.max_request_seconds + 1)
     return uvicorn.Server(config)
 
 
@@ -316,6 +369,10 @@ def add_parser(subparsers):
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free port)")
     parser.add_argument("--max-request-bytes", type=int, default=Limits.max_request_bytes,
                         help=f"largest request body accepted (default {Limits.max_request_bytes})")
+    parser.add_argument("--max-request-seconds", type=float, default=Limits.max_request_seconds,
+                        help=f"each request's time bound, from its headers to its answer: a body not read by then "
+                             f"gets 408, a model busy until then 503, /v1/generate stops there "
+                             f"(default {Limits.max_request_seconds:g})")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level (info logs every request)")
     parser.add_argument("--micro-batching", default=True, action=argparse.BooleanOptionalAction,
@@ -341,12 +398,15 @@ def run_serve(args):
         raise LstmlmError(f"--port must be in 0..65535, got {args.port}")
     if args.max_request_bytes <= 0:
         raise LstmlmError(f"--max-request-bytes must be positive, got {args.max_request_bytes}")
+    if not 0 < args.max_request_seconds <= 3600:
+        raise LstmlmError(f"--max-request-seconds must be in (0, 3600], got {args.max_request_seconds}")
     if not 0 <= args.batch_window_ms <= 1000 or args.max_batch < 1:
         raise LstmlmError("--batch-window-ms must be in 0..1000 and --max-batch positive")
     from lstmlm.language_model import load
 
     batching = Batching(args.micro_batching, args.batch_window_ms, args.max_batch)
-    app = create_app(load(args.run_dir, args.precision), Limits(max_request_bytes=args.max_request_bytes), batching)
+    limits = Limits(max_request_bytes=args.max_request_bytes, max_request_seconds=args.max_request_seconds)
+    app = create_app(load(args.run_dir, args.precision), limits, batching)
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
