@@ -12,6 +12,10 @@ With `softmax="adaptive"` the Dense layer is an AdaptiveSoftmax (adaptive_softma
 returns normalised log-probabilities instead of logits (every consumer applies a softmax or log-softmax, which
 leaves log-probabilities unchanged), and training reads `target_log_probabilities`, which computes only each
 target's cluster. Tied weights then make the embedding an AdaptiveInput whose band weights the softmax shares.
+
+The full softmax layer is `softmax_layer()` = (kernel, bias), applied by `torch_backend.dense` (one addmm on torch,
+its kernel stored in torch's memory order by `transposed_storage`: shapes and files stay Keras'); exact evaluation
+reads the softmax layer's input (`features_only=True`) and applies the layer itself, blockwise.
 """
 
 import numbers
