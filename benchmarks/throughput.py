@@ -7,15 +7,15 @@ Keras code, in tokens/s, and the peak memory of each.
     python benchmarks/throughput.py --quick --out /tmp/bq       # < 60 s: small only; exit 1 below --min-ratio
 
 Variants, each on the same batches (random ids, Zipf over 10,000 words, batch 20, the preset's num_steps):
-  lstmlm           lstmlm's step as `train_epoch` runs it, through the public Trainer, train_step and EpochProgress,
+  lstmlm           one batch through lstmlm's public epoch loop (Trainer, train_epoch, train_step, EpochProgress),
                    at the precision `train` picks (`auto`: bfloat16 where the CPU has it);
   lstmlm float32   the same at float32 (only where `auto` is bfloat16);
   pytorch          plain PyTorch (reference_pytorch.py), float32;
   pytorch bf16     the same under bfloat16 autocast (only where bfloat16 is native);
   keras tutorial   the tutorial's own Keras model and train_on_batch (reference_keras_tutorial.py; tutorial only).
 
-Timing: after warm-up steps, each round runs one step of every variant (the order rotates from round to round),
-so a variant's steps are spread over the whole run. Each step's wall time and process CPU time are recorded.
+Timing: after warm-up steps, each round runs one step of every variant (in a new random order each round), so a
+variant's steps are spread over the whole run and no variant always follows the same one. Each step's wall time and process CPU time are recorded.
 On a shared machine CPU time at --threads 1 is the stable figure (wall time counts the time other processes
 held the core); ratios are the median over rounds of the per-round ratio, so a slow moment hits both sides.
 """
@@ -87,8 +87,8 @@ def bfloat16_native():
 
 # ---- the variants ----------------------------------------------------------------------------------------
 class LstmlmStep:
-    """One batch as `lstmlm.training.train_epoch` runs it: seed the dropout masks, set the learning rate,
-    `train_step`, carry the detached state (stream batching), add to the EpochProgress."""
+    """One batch through lstmlm's own epoch loop: `train_epoch` (dropout seeds, learning rate, train_step, the
+    detached state carried in stream batching, the EpochProgress sums), stopped after that batch."""
 
     def __init__(self, config_name, precision="auto"):
         import keras
@@ -102,23 +102,22 @@ class LstmlmStep:
         keras.utils.set_random_seed(self.config.seed)
         self.precision = torch_backend.resolve_precision(self.config.precision)
         self.trainer = Trainer(self.config, build_model(self.config, VOCABULARY), self.precision)
-        self.carry = self.config.batching == "stream"
+        carry = self.config.batching == "stream"
         self.progress = EpochProgress(1, self.trainer.device,
-                                      states=self.trainer.model.initial_states(BATCH) if self.carry else None)
+                                      states=self.trainer.model.initial_states(BATCH) if carry else None)
+        self.batches = []  # the epoch so far: train_epoch runs from progress.batches_done on
         self.name = "lstmlm" if precision == "auto" else f"lstmlm {precision}"
 
     def step(self, x, y):
-        from lstmlm import torch_backend
-        from lstmlm.training import train_step
+        from lstmlm.training import train_epoch
 
-        progress = self.progress
-        self.trainer.seed_dropout(progress.epoch, progress.batches_done)
-        self.trainer.set_learning_rate(self.config.learning_rate)
-        loss, hits, states = train_step(self.trainer, x, y, progress.states)
-        if self.carry:
-            progress.states = torch_backend.repackage_hidden(states)
-        progress.add(loss, hits, x.size)
-        return float(loss)
+        self.batches.append((x, y))
+        before = self.progress.loss.item()
+        train_epoch(self.trainer, self.batches, self.progress, lambda index: self.config.learning_rate,
+                    should_stop=lambda progress: True)
+        if not self.trainer.last_step_finite:  # skipped by train_epoch: a nan/inf loss or gradient
+            return float("nan")
+        return (self.progress.loss.item() - before) / x.size  # this batch's mean loss
 
 
 class TorchStep:
@@ -194,8 +193,9 @@ def variants(config_name, full=True):
 
 # ---- timing --------------------------------------------------------------------------------------------
 def time_training(config_name, kinds, warmup, rounds, log=print):
-    """Warm-up steps for every variant, then `rounds` rounds of one timed step per variant (rotating order);
-    every variant sees the same batches in the same order."""
+    """Warm-up steps for every variant, then `rounds` rounds of one timed step per variant (in a random order
+    each round: a fixed order would let one variant always run right after the same other one, whose weights
+    fill the caches); every variant sees the same batches in the same order."""
     check_light_configs()
     num_steps = LIGHT_CONFIGS[config_name]["num_steps"]
     batches = zipf_batches(warmup + rounds, BATCH, num_steps)
@@ -204,10 +204,10 @@ def time_training(config_name, kinds, warmup, rounds, log=print):
     for kind, step in steps.items():
         for x, y in batches[:warmup]:
             records[kind]["losses"].append(step.step(x, y))
+    rng = np.random.default_rng(SEED)
     for r in range(rounds):
         x, y = batches[warmup + r]
-        order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
-        for kind in order:
+        for kind in rng.permutation(kinds):  # a new order each round: no variant always follows the same one
             wall, cpu = time.perf_counter(), time.process_time()
             loss = steps[kind].step(x, y)
             records[kind]["wall"].append(time.perf_counter() - wall)
@@ -334,16 +334,19 @@ def run_full(args, log=print):
     started = time.perf_counter()
     result = {"mode": "full", "environment": env, "note": args.note, "training": {}}
     if args.memory_steps:  # first, while this process is small
-        result["memory"] = memory_benchmark(variants("tutorial"), "tutorial", args.memory_steps, args.threads,
-                                            log=log)
+        kinds = args.variants.split(",") if args.variants else variants("tutorial")
+        result["memory"] = memory_benchmark(kinds, "tutorial", args.memory_steps, args.threads, log=log)
     for config_name, rounds in (("tutorial", args.rounds), ("small", args.rounds_small)):
-        result["training"][config_name] = time_training(config_name, variants(config_name), args.warmup, rounds,
-                                                        log=log)
+        kinds = variants(config_name) if not args.variants else [
+            kind for kind in args.variants.split(",") if kind != "keras-tutorial" or config_name == "tutorial"]
+        result["training"][config_name] = time_training(config_name, kinds, args.warmup, rounds, log=log)
     if args.profile:
         log("  profiler")
-        same = "pytorch-bf16" if bfloat16_native() else "pytorch"
+        pairs = [("lstmlm", "pytorch-bf16" if bfloat16_native() else "pytorch")]
+        if bfloat16_native():
+            pairs.append(("lstmlm-float32", "pytorch"))
         result["profile"] = {f"{kind} {config}": profile_training(kind, config, steps=args.profile_steps)
-                             for config in ("tutorial", "small") for kind in ("lstmlm", same)}
+                             for config in ("tutorial", "small") for pair in pairs for kind in pair}
     env["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
@@ -419,6 +422,8 @@ def main(argv=None):
     parser.add_argument("--rounds-small", type=int, default=30, help="timed rounds, small config")
     parser.add_argument("--memory-steps", type=int, default=4,
                         help="training steps in each peak-memory subprocess (0 = skip the memory measurement)")
+    parser.add_argument("--variants", help="comma-separated subset of lstmlm, lstmlm-float32, pytorch, pytorch-bf16, "
+                        "keras-tutorial (default: all this CPU runs natively)")
     parser.add_argument("--profile", action="store_true", help="also torch.profiler's top ops of each step")
     parser.add_argument("--profile-steps", type=int, default=3, help="profiled steps per variant")
     parser.add_argument("--note", default="", help="free text recorded with the results (e.g. machine load)")

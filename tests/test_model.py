@@ -206,3 +206,31 @@ def test_load_model_in_a_fresh_process_after_import_lstmlm(tmp_path):
                                env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip() == "ok LSTMLanguageModel"
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_features_and_softmax_layer_give_the_logits(tie):
+    """Evaluation's blockwise path (features_only + softmax_layer) and output_scores are the model's logits:
+    features @ kernel + bias, the kernel of a tied model being the embedding matrix transposed."""
+    model = make(tie_weights=tie)
+    x = token_ids()
+    logits, states = model.call_with_states(x)
+    features, feature_states = model.call_with_states(x, features_only=True)
+    assert tuple(features.shape) == (3, 9, 8)
+    for (h, c), (h2, c2) in zip(states, feature_states):
+        np.testing.assert_array_equal(numpy(h), numpy(h2))
+        np.testing.assert_array_equal(numpy(c), numpy(c2))
+    kernel, bias = model.softmax_layer()
+    expected = numpy(features).astype(np.float64) @ numpy(kernel).astype(np.float64) + numpy(bias)
+    np.testing.assert_allclose(numpy(logits), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(numpy(model.output_scores(features)), numpy(logits))
+    if tie:
+        np.testing.assert_array_equal(numpy(kernel), numpy(model.embedding.embeddings).T)
+
+
+def test_softmax_layer_is_the_full_softmax_only():
+    model = make(softmax="adaptive", cutoffs=[5, 12])
+    with pytest.raises(ValueError, match="full softmax"):
+        model.softmax_layer()
+    log_probs = numpy(model.call_with_states(token_ids())[0])  # normalised log-probabilities, not logits
+    np.testing.assert_allclose(np.exp(log_probs).sum(-1), 1.0, rtol=1e-5)

@@ -19,8 +19,17 @@ from lstmlm.metrics import perplexity
 from lstmlm.tokenizer import EOS
 
 
-def _scores(logits, targets):
-    """Summed negative log-probability, top-1 and top-5 hits for (batch, time, vocab) logits."""
+def _scores(features, kernel, bias, targets):
+    """Summed negative log-probability, top-1 and top-5 hits of the logits features @ kernel + bias
+    ((batch, time, vocab)) against (batch, time) targets: a full softmax layer applied here."""
+    if torch_backend.is_torch():
+        return torch_backend.scores(features, kernel, bias, targets)  # blockwise, no full float32 logits
+    return _logit_scores(torch_backend.dense(features, kernel, bias), targets)
+
+
+def _logit_scores(logits, targets):
+    """The same sums for (batch, time, vocab) logits already computed (or normalised log-probabilities: the
+    adaptive softmax; a step model's own product)."""
     logits = ops.cast(logits, "float32")
     log_probs = ops.log_softmax(logits, axis=-1)
     target_log_probs = ops.take_along_axis(log_probs, ops.expand_dims(targets, -1), axis=-1)[..., 0]
@@ -37,13 +46,18 @@ def _run_stream(model, inputs, targets, states, chunk_length, totals):
     precision chosen for it)."""
     for start in range(0, inputs.shape[1], chunk_length):
         y = ops.convert_to_tensor(targets[:, start:start + chunk_length], dtype="int32")
-        if hasattr(model, "call_with_states"):
-            x = ops.convert_to_tensor(inputs[:, start:start + chunk_length], dtype="int32")
-            logits, states = model.call_with_states(x, states, training=False)
-        else:
+        if not hasattr(model, "call_with_states"):  # a step model: its own precision and products
             outputs, states = model.run(inputs[:, start:start + chunk_length], states)
-            logits = ops.convert_to_tensor(model.logits(outputs))
-        for i, value in enumerate(_scores(logits, y)):
+            scores = _logit_scores(ops.convert_to_tensor(model.logits(outputs)), y)
+        elif model.softmax == "adaptive":  # normalised log-probabilities, computed by the layer
+            x = ops.convert_to_tensor(inputs[:, start:start + chunk_length], dtype="int32")
+            log_probs, states = model.call_with_states(x, states, training=False)
+            scores = _logit_scores(log_probs, y)
+        else:  # the full softmax applied blockwise here (torch_backend.scores)
+            x = ops.convert_to_tensor(inputs[:, start:start + chunk_length], dtype="int32")
+            features, states = model.call_with_states(x, states, training=False, features_only=True)
+            scores = _scores(features, *model.softmax_layer(), y)
+        for i, value in enumerate(scores):
             totals[i] += value
     return states
 
@@ -70,7 +84,7 @@ def evaluate_ids(model, ids, vocabulary=None, evaluation_batch_size=1, chunk_len
     totals = [0.0, 0.0, 0.0]
     batch_size = max(1, min(evaluation_batch_size, len(ids) - 1))
     length = (len(ids) - 1) // batch_size
-    with torch_backend.no_grad(), torch_backend.precision_context(precision):
+    with torch_backend.no_grad(), torch_backend.precision_context(precision), torch_backend.cached_weights():
         inputs = ids[: batch_size * length].reshape(batch_size, length)
         targets = ids[1 : batch_size * length + 1].reshape(batch_size, length)
         states = _run_stream(model, inputs, targets, model.initial_states(batch_size), chunk_length, totals)

@@ -15,7 +15,9 @@ V as `recurrent_kernel` (units, 4 * units) and b as `bias` (4 * units). This lay
 input and output (for truncated BPTT and incremental generation) and DropConnect on V (weight drop).
 
 Execution: on the torch backend the whole sequence goes through `torch.lstm` (oneDNN / cuDNN) in
-`torch_backend.fused_lstm`; elsewhere, or with `fused=False`, the loop below in `keras.ops` runs the equations.
+`torch_backend.fused_lstm`, with U and V kept in column-major memory order (`torch_backend.transposed_storage`:
+torch's layout, read without a copy; the shapes and saved values stay Keras'); elsewhere, or with `fused=False`,
+the loop below in `keras.ops` runs the equations.
 """
 
 import keras
@@ -89,6 +91,9 @@ class LSTM(keras.layers.Layer):
         self.recurrent_kernel = self.add_weight(shape=(units, 4 * units), initializer=recurrent_init,
                                                 name="recurrent_kernel")
         self.bias = self.add_weight(shape=(4 * units,), initializer=bias_init, name="bias")
+        if self.fused:  # the fused kernel reads U and V transposed: store them that way (same shapes and values)
+            torch_backend.transposed_storage(self.kernel)
+            torch_backend.transposed_storage(self.recurrent_kernel)
 
     def initial_state(self, batch_size):
         return ops.zeros((batch_size, self.units)), ops.zeros((batch_size, self.units))

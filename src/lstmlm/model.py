@@ -12,6 +12,10 @@ With `softmax="adaptive"` the Dense layer is an AdaptiveSoftmax (adaptive_softma
 returns normalised log-probabilities instead of logits (every consumer applies a softmax or log-softmax, which
 leaves log-probabilities unchanged), and training reads `target_log_probabilities`, which computes only each
 target's cluster. Tied weights then make the embedding an AdaptiveInput whose band weights the softmax shares.
+
+The full softmax layer is `softmax_layer()` = (kernel, bias), applied by `torch_backend.dense` (one addmm on torch,
+its kernel stored in torch's memory order by `transposed_storage`: shapes and files stay Keras'); exact evaluation
+reads the softmax layer's input (`features_only=True`) and applies the layer itself, blockwise.
 """
 
 import numbers
@@ -20,6 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from lstmlm import torch_backend
 from lstmlm.adaptive_softmax import AdaptiveInput, AdaptiveSoftmax, resolve_cutoffs
 from lstmlm.lstm import LSTM
 from lstmlm.regularization import dropout, embedding_dropout
@@ -128,12 +133,15 @@ class LSTMLanguageModel(keras.Model):
                                                name="softmax_bias")
         else:
             self.output_layer.build((None, None, size))
+            # stored (vocabulary, size) in memory, as torch's Linear and a tied embedding are: the matrix products
+            # of the softmax layer then run on the same layouts as plain PyTorch's (shapes and files unchanged)
+            torch_backend.transposed_storage(self.output_layer.kernel)
 
     def initial_states(self, batch_size):
         """Zero (h, c) for every layer."""
         return [layer.initial_state(batch_size) for layer in self.lstm_layers]
 
-    def call_with_states(self, token_ids, states=None, training=False, last_only=False):
+    def call_with_states(self, token_ids, states=None, training=False, last_only=False, features_only=False):
         """Logits for every position (or only the last), and the LSTM states after the last position.
 
         Args:
@@ -141,6 +149,9 @@ class LSTMLanguageModel(keras.Model):
             states: list of (h, c) per layer, each (batch, hidden_size); None = zeros.
             last_only: apply the softmax layer to the last position only (next-word prediction: the
                 (hidden x vocabulary) product is the largest cost, so skip it where it is not needed).
+            features_only: return the softmax layer's input (batch, time, hidden_size) instead of the logits,
+                for a caller that applies the softmax layer itself (evaluation of a full softmax, blockwise,
+                with `softmax_layer()`).
         Returns:
             logits (batch, time or 1, vocabulary_size) and the new states; with the adaptive softmax the
             "logits" are normalised log-probabilities (float32).
@@ -148,6 +159,8 @@ class LSTMLanguageModel(keras.Model):
         x, new_states = self.hidden_states(token_ids, states, training)  # x: (batch, time, hidden_size)
         if last_only:
             x = x[:, -1:]
+        if features_only:
+            return x, new_states
         return self.output_scores(x, training), new_states  # (batch, time, vocabulary_size)
 
     def output_scores(self, hidden, training=False):
@@ -155,9 +168,7 @@ class LSTMLanguageModel(keras.Model):
         the adaptive softmax normalised log-probabilities (float32). A softmax of either is the distribution."""
         if self.softmax == "adaptive":
             return self.adaptive_softmax.log_probabilities(hidden, self._tied_bands())
-        if self.tie_weights:
-            return ops.matmul(hidden, ops.transpose(self.embedding.embeddings)) + self.output_bias
-        return self.output_layer(hidden) if training else self.output_layer.call(hidden)
+        return torch_backend.dense(hidden, *self.softmax_layer())  # Dense's mathematics, one addmm on torch
 
     def hidden_states(self, token_ids, states=None, training=False):
         """The last LSTM layer's output (after its dropout in training) and the new states.
@@ -168,19 +179,16 @@ class LSTMLanguageModel(keras.Model):
         if not self.built:  # a new model called here before model(x) or build(): create its weights first
             self.build()
         seed = self.seed_generator
-
-        def run(layer, *args, **kwargs):
-            # At inference the sublayers are built and given real tensors, so their call() runs directly:
-            # Keras' __call__ bookkeeping costs ~0.7 ms per layer, more than a 2x200 model's whole step.
-            return layer(*args, **kwargs) if training else layer.call(*args, **kwargs)
-
-        x = run(self.embedding, token_ids)  # (batch, time, embedding_size)
+        # The sublayers are built and given real tensors, so their call() runs directly: Keras' __call__
+        # bookkeeping costs ~0.7 ms per layer (more than a 2x200 model's whole step at inference) and casts
+        # bfloat16 activations to float32 between layers under autocast.
+        x = self.embedding.call(token_ids)  # (batch, time, embedding_size)
         if training:
             x = embedding_dropout(x, token_ids, self.vocabulary_size, self.embedding_dropout, seed)
             x = dropout(x, self.input_dropout, seed, self.variational)
         new_states = []
         for i, layer in enumerate(self.lstm_layers):
-            x, state = run(layer, x, initial_state=None if states is None else states[i], training=training)
+            x, state = layer.call(x, initial_state=None if states is None else states[i], training=training)
             new_states.append(state)  # x: (batch, time, hidden_size)
             if training:
                 last = i == self.num_layers - 1
@@ -206,6 +214,15 @@ class LSTMLanguageModel(keras.Model):
 
     def _tied_bands(self):
         return self.embedding.bands() if self.tie_weights else None
+
+    def softmax_layer(self):
+        """(kernel (size, vocabulary), bias (vocabulary,)): logits = features @ kernel + bias. Tied: the kernel is
+        the embedding matrix E (vocabulary, size) transposed, E itself (no copy). Full softmax only."""
+        if self.softmax == "adaptive":
+            raise ValueError("softmax_layer is the full softmax's (kernel, bias); the adaptive softmax has clusters")
+        if self.tie_weights:
+            return ops.transpose(self.embedding.embeddings), self.output_bias
+        return self.output_layer.kernel, self.output_layer.bias
 
     def call(self, token_ids, training=False):
         return self.call_with_states(token_ids, None, training)[0]

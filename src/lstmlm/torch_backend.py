@@ -1,7 +1,12 @@
 """Everything that is specific to the PyTorch backend lives here, each piece with a pure-Keras fallback.
 
 - `fused_lstm`: one LSTM layer through torch's fused kernel (`torch.lstm`: oneDNN on CPU, cuDNN on CUDA),
-  taking the Keras-layout weights as they are, so `.keras` files stay portable to every backend.
+  taking the Keras-layout weights as they are, so `.keras` files stay portable to every backend;
+  `transposed_storage` lays those weights out in torch's memory order so that no step copies them.
+- `dense`: the softmax layer as one `addmm` (bias fused, no copy of a transposed weight).
+- `cross_entropy`: the training loss and its top-1 hits in one pass over the logits, gradient included;
+  `scores`: evaluation's loss, top-1 and top-5 the same way.
+- `dropout`: dropout masks from a torch.Generator seeded by a Keras SeedGenerator (same reproducibility).
 - `precision_context` / `resolve_precision`: bfloat16 autocast where the hardware runs it natively.
 - `no_grad`: inference without building an autograd graph; `repackage_hidden`: the truncated-BPTT detach.
 """
@@ -13,8 +18,8 @@ import warnings
 import keras
 
 # Inside `cached_weights()` (while the weights cannot change: one call, or a loaded LanguageModel's lifetime)
-# each weight is transposed to torch's layout once instead of on every step. Not keyed on tensor versions: torch's fused
-# optimizers update parameters in place without bumping `_version`.
+# a weight that is not in `transposed_storage` order is transposed to torch's layout once instead of on every step.
+# Not keyed on tensor versions: torch's fused optimizers update parameters in place without bumping `_version`.
 _cache = None
 
 def is_torch():
@@ -60,8 +65,35 @@ def native_lstm():
             yield
 
 
+def transposed_storage(variable):
+    """Store a 2-D Keras weight (in, out) in column-major memory order, in place.
+
+    Its shape, values and saved files stay Keras' (in, out); only the order of its elements in memory changes, to
+    torch's (out, in) layout, so that `weight.t()` is contiguous without a copy. For the LSTM kernels (in, 4 * units)
+    this means the fused kernel transposes nothing, forward or backward (at tutorial size the four per-step
+    transposes and their gradients' copies cost 8% of a training step); for the softmax layer's kernel the matrix
+    products run on the same layouts as torch's Linear. Gradients and optimizer state take the parameter's strides
+    (see optimizer.load_optimizer_state for state read from a file).
+
+    Args:
+        variable: a built Keras variable; a no-op on other backends.
+    """
+    if not is_torch():
+        return
+    import torch
+
+    value = variable.value
+    if value.dim() == 2 and not value.t().is_contiguous():
+        with torch.no_grad():
+            value.data = value.data.t().contiguous().t()
+
+
 def _torch_layout(weight):
-    """(in, 4 * units) Keras layout -> contiguous (4 * units, in) torch layout; once per `cached_weights()`."""
+    """(in, 4 * units) Keras layout -> contiguous (4 * units, in) torch layout: a view for a weight in
+    `transposed_storage` order (and for a weight derived from one elementwise, as the weight-dropped kernel);
+    otherwise a copy, made once per `cached_weights()`."""
+    if weight.t().is_contiguous():
+        return weight.t()
     if _cache is None:
         return weight.t().contiguous()
     if id(weight) not in _cache:
@@ -71,7 +103,8 @@ def _torch_layout(weight):
 
 @contextlib.contextmanager
 def cached_weights(store=None):
-    """Within this block the weights must not change: transposed copies are made once and reused.
+    """Within this block the weights must not change: transposed (and, at inference under autocast, bfloat16)
+    copies are made once and reused.
 
     Args:
         store: a dict that keeps the copies beyond the block (for an inference-only owner whose weights never
@@ -148,3 +181,179 @@ def to_numpy(tensor):
     if is_torch():
         return tensor.detach().float().cpu().numpy()
     return keras.ops.convert_to_numpy(keras.ops.cast(tensor, "float32"))
+
+
+def dense(x, kernel, bias):
+    """x @ kernel + bias over the last axis of x (batch, time, in); kernel (in, out) as Keras stores it.
+
+    On torch: in training one `addmm` (the bias added inside the matrix product; under bfloat16 autocast the logits
+    stay bfloat16, half the bytes for the loss to read, as in plain PyTorch). A transposed kernel (tied embeddings)
+    is read in place, not copied. At inference under autocast the product runs in bfloat16 and the bias is added in
+    float32 after it: evaluation's ranks (top-1, top-5) then see float32 logits, as they did with Keras' Dense (a
+    bias rounded to bfloat16 moved the top-1 accuracy of a barely trained WikiText-2 model by 3%). Elsewhere:
+    keras.ops.
+    """
+    if not is_torch():
+        return keras.ops.matmul(x, kernel) + bias
+    import torch
+
+    kernel, bias = keras.ops.convert_to_tensor(kernel), keras.ops.convert_to_tensor(bias)  # Keras variables
+    rows = x.reshape(-1, x.shape[-1])  # (batch * time, in)
+    if torch.is_grad_enabled() or not torch.is_autocast_enabled(rows.device.type):
+        logits = torch.addmm(bias, rows, kernel)
+    else:  # bfloat16 product (one copy of the kernel per `cached_weights()` block), float32 bias and logits
+        dtype = torch.get_autocast_dtype(rows.device.type)
+        logits = torch.mm(rows.to(dtype), _cast(kernel, dtype)).float().add_(bias)
+    return logits.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def _cast(weight, dtype):
+    """weight in `dtype`; inside `cached_weights()` converted once (keyed on its memory, which holds still)."""
+    if _cache is None:
+        return weight.to(dtype)
+    key = ("cast", weight.data_ptr(), tuple(weight.shape), tuple(weight.stride()), dtype)
+    if key not in _cache:
+        _cache[key] = (weight, weight.to(dtype))  # holding `weight` keeps its memory from being reused
+    return _cache[key][1]
+
+
+def dropout(x, rate, seed_generator, noise_shape=None):
+    """Inverted dropout (kept values scaled by 1 / (1 - rate)); `noise_shape` broadcasts one mask (variational).
+
+    The mask is drawn from a torch.Generator seeded by the next value of the Keras SeedGenerator, as
+    keras.random.dropout seeds its own: masks are a function of that generator's state (so of seed, epoch and
+    batch in training). It compares uniform numbers with the keep probability instead of calling bernoulli, which
+    is 4x slower on CPU, and applies the mask as one multiplication (the backward pass is one more).
+    """
+    import torch
+
+    first, second = (int(v) for v in seed_generator.next())
+    generator = torch.Generator(device=x.device)
+    generator.manual_seed((first + second) & 0xFFFFFFFF)
+    keep = 1.0 - rate
+    if noise_shape is None:  # laid out like x, so x * scale keeps x's memory order (transposed_storage weights)
+        noise = torch.empty_like(x, dtype=torch.float32)
+    else:
+        noise = torch.empty(noise_shape, dtype=torch.float32, device=x.device)
+    noise.uniform_(generator=generator)
+    scale = (noise < keep).to(x.dtype).mul_(1.0 / keep)
+    return x * scale
+
+
+def cross_entropy(logits, targets):
+    """Mean cross-entropy in nats and the number of top-1 hits of (n, vocabulary) logits against (n,) targets.
+
+    One pass over the logits, in row blocks that stay in cache, computes the loss (float32 arithmetic whatever the
+    logits' dtype), the hits (the target's logit is the row's maximum, ties included) and the gradient,
+    (softmax - one-hot) / n, stored in the logits' dtype for the backward pass. Torch's cross_entropy on bfloat16
+    logits writes float32 copies of the logits, their log-softmax and its gradient, then casts that back.
+
+    Args:
+        logits: (n, vocabulary) float32 or bfloat16 tensor.
+        targets: (n,) int64 tensor.
+    Returns:
+        (loss: float32 scalar tensor with a gradient, hits: int64 scalar tensor without one).
+    """
+    return _cross_entropy_function().apply(logits, targets)
+
+
+def _row_block(vocabulary_size):
+    return max(1, (1 << 18) // vocabulary_size)  # rows per block: 1 MiB of float32
+
+
+def _cross_entropy_forward(logits, targets, gradient=None):
+    """Summed loss (float64) and top-1 hits (int64) as tensors; fills `gradient` (like logits) with
+    (softmax - one-hot) / n if given. About a dozen operations per row block and no synchronisation: the
+    per-row results go to buffers summed once at the end."""
+    import torch
+
+    count, vocabulary = logits.shape
+    step = _row_block(vocabulary)
+    row_loss = torch.empty(count, dtype=torch.float32, device=logits.device)
+    row_hit = torch.empty(count, dtype=torch.bool, device=logits.device)
+    minus = torch.full((min(step, count), 1), -1.0 / count, dtype=logits.dtype, device=logits.device)
+    for start in range(0, count, step):
+        rows = slice(start, start + step)
+        z = logits[rows].float()  # (rows, vocabulary); a view when the logits are float32
+        target = targets[rows, None]  # (rows, 1)
+        top = z.amax(-1, keepdim=True)
+        exp = torch.sub(z, top).exp_()
+        sums = exp.sum(-1, keepdim=True)
+        target_logit = z.gather(1, target)
+        torch.sub(sums.log().add_(top), target_logit, out=row_loss[rows, None])  # log-sum-exp - target logit
+        torch.ge(target_logit, top, out=row_hit[rows, None])  # the target's logit is the row's maximum
+        if gradient is not None:
+            part = gradient[rows]
+            torch.mul(exp, sums.mul_(count).reciprocal_(), out=part)  # softmax / n, in the logits' dtype
+            part.scatter_add_(1, target, minus[:len(target)])  # - one-hot / n
+    return row_loss.sum(dtype=torch.float64), row_hit.sum()
+
+
+def scores(features, kernel, bias, targets):
+    """Evaluation sums of the logits features @ kernel + bias against targets: (negative log-likelihood in nats,
+    top-1 hits, top-5 hits), as Python floats.
+
+    Args:
+        features: (..., size) softmax-layer inputs; kernel (size, vocabulary); bias (vocabulary,).
+        targets: (...) int ids.
+
+    The matrix product runs once for all rows (under autocast in bfloat16, without the bias: the product's own
+    rounding, as in training); then, in row blocks that stay in cache, the bias is added in float32, the
+    log-sum-exp taken in float32, and the target's rank found by comparisons instead of a top-k: `above` =
+    logits greater than the target's over every row, `tied` = logits equal to it (itself included) only in rows
+    with above < 5, the only ones that can score. A top-k hit counts as its probability under a random order of
+    the tied words, min(1, max(0, k - above) / tied). No float32 copy of all the logits is written.
+    """
+    import torch
+
+    kernel, bias = keras.ops.convert_to_tensor(kernel), keras.ops.convert_to_tensor(bias)  # Keras variables
+    rows = features.reshape(-1, features.shape[-1])  # (n, size)
+    targets = targets.reshape(-1, 1).long()
+    if torch.is_autocast_enabled(rows.device.type):
+        dtype = torch.get_autocast_dtype(rows.device.type)
+        product, add_bias = torch.mm(rows.to(dtype), _cast(kernel, dtype)), True  # (n, vocabulary)
+    else:
+        product, add_bias = torch.addmm(bias, rows, kernel), False
+    nll = torch.zeros((), dtype=torch.float64, device=rows.device)
+    top1 = torch.zeros((), dtype=torch.float64, device=rows.device)
+    top5 = torch.zeros((), dtype=torch.float64, device=rows.device)
+    step = _row_block(product.shape[-1])
+    for start in range(0, product.shape[0], step):
+        block = product[start:start + step].float()  # (rows, vocabulary): a copy, or a view for float32
+        if add_bias:
+            block = block.add_(bias)  # the product is bfloat16 here, so the block is its own float32 copy
+        target = targets[start:start + step]  # (rows, 1)
+        target_logit = block.gather(1, target)
+        nll += (torch.logsumexp(block, -1) - target_logit[:, 0]).sum(dtype=torch.float64)
+        above = (block > target_logit).sum(-1)
+        near = above < 5  # rows whose target can be in the top 5
+        if near.any():
+            above = above[near].double()
+            tied = (block[near] >= target_logit[near]).sum(-1).double() - above  # the target included
+            top1 += ((1 - above).clamp(min=0) / tied).clamp(max=1).sum()
+            top5 += ((5 - above).clamp(min=0) / tied).clamp(max=1).sum()
+    return float(nll), float(top1), float(top5)
+
+
+@functools.cache
+def _cross_entropy_function():
+    import torch
+
+    class CrossEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, logits, targets):
+            gradient = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+            total, hits = _cross_entropy_forward(logits, targets, gradient)
+            ctx.gradient = gradient  # not save_for_backward: backward scales it in place, once
+            ctx.mark_non_differentiable(hits)
+            return (total / max(1, logits.shape[0])).float(), hits
+
+        @staticmethod
+        def backward(ctx, grad_loss, grad_hits):
+            gradient, ctx.gradient = ctx.gradient, None
+            if gradient is None:
+                raise RuntimeError("cross_entropy: a second backward pass (its gradient is used up by the first)")
+            scale = float(grad_loss)  # 1, or num_steps for the loss summed over time
+            return (gradient if scale == 1.0 else gradient.mul_(scale)), None
+
+    return CrossEntropy
