@@ -37,10 +37,12 @@ PRESETS = {
     # 2-core CPU: a tied (Press & Wolf 2017), variationally regularised (Gal & Ghahramani 2016; embedding dropout
     # and weight drop as in Merity et al. 2017) 2x256 LSTM, SGD at 20 with clip 0.25 (pytorch
     # word_language_model's settings) annealed to 0 by a cosine over the time budget, so the run ends annealed.
+    # Validation during training runs on 10 streams, as the peer's does: an exact (batch 1) pass over PTB's
+    # valid split cost about a minute of a 15-minute budget (docs/race.md); `lstmlm evaluate` stays exact.
     "speedrun": dict(hidden_size=256, num_steps=35, tie_weights=True, dropout=0.2, input_dropout=0.2,
                      layer_dropout=0.2, variational=True, embedding_dropout=0.05, weight_drop=0.1,
                      learning_rate=20.0, clip_norm=0.25, learning_rate_schedule="cosine", init_scale=0.0,
-                     sum_over_time=False, epochs=60, max_minutes=60.0),
+                     sum_over_time=False, epochs=60, max_minutes=60.0, evaluation_batch_size=10),
 }
 
 
