@@ -215,3 +215,15 @@ def test_config_file_not_utf8_or_a_folder(capsys, tmp_path, content):
     else:
         path.write_bytes(content)
     fails(capsys, ["train", "--preset", "tiny", "--config", path, "--print-config"], r"config\.json: ")
+
+
+def test_every_preset_is_a_valid_config_and_speedrun_adaptive_differs_only_in_its_softmax():
+    import dataclasses
+
+    from lstmlm.presets import PRESETS, preset
+
+    configs = {name: preset(name) for name in PRESETS}  # each validates in Config.__post_init__
+    differing = {field.name for field in dataclasses.fields(configs["speedrun"])
+                 if getattr(configs["speedrun"], field.name) != getattr(configs["speedrun-adaptive"], field.name)}
+    assert differing == {"softmax"} and configs["speedrun-adaptive"].softmax == "adaptive"
+    assert configs["speedrun"].evaluation_batch_size == 10 and configs["small"].evaluation_batch_size == 1
