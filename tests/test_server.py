@@ -280,24 +280,31 @@ def test_busy_port_is_one_clear_error():
         first.close()
 
 
+def start_cli_server(run_dir):
+    """`lstmlm serve RUN_DIR --port 0` in a subprocess; returns (process, port, /health's JSON) once it answers."""
+    process = subprocess.Popen([sys.executable, "-m", "lstmlm", "serve", str(run_dir), "--port", "0",
+                                "--log-level", "warning"], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    line = process.stderr.readline()
+    found = re.search(r"at http://127\.0\.0\.1:(\d+)/", line)
+    assert found, line
+    port = int(found[1])
+    for _ in range(300):  # the socket listens before uvicorn has started; wait for an answer
+        try:
+            return process, port, httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError("lstmlm serve did not answer /health within 30 s")
+
+
 @pytest.mark.slow
 def test_cli_serves_until_ctrl_c(tiny_run):  # serves the shared run read-only
     """`lstmlm serve RUN --port 0` in a subprocess: prints its URL, answers, stops on Ctrl-C with status 130
     (the CLI's Ctrl-C status) after uvicorn's graceful shutdown."""
-    process = subprocess.Popen([sys.executable, "-m", "lstmlm", "serve", str(tiny_run), "--port", "0",
-                                "--log-level", "warning"], stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process, _, health = start_cli_server(tiny_run)
     try:
-        line = process.stderr.readline()
-        url = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
-        assert url, line
-        for _ in range(100):  # the socket listens before uvicorn has started; wait for an answer
-            try:
-                health = httpx.get(url[1] + "health", timeout=5)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        assert health.json()["model"] == tiny_run.name
+        assert health["model"] == tiny_run.name
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 130
         assert process.stderr.read().strip().endswith("lstmlm: interrupted")
@@ -445,20 +452,8 @@ def test_sigterm_drains_the_request_in_flight_then_exits(tiny_run):
     connections, still answers that request in full, then exits with the SIGTERM status (143 in a shell)."""
     import socket
 
-    process = subprocess.Popen([sys.executable, "-m", "lstmlm", "serve", str(tiny_run), "--port", "0",
-                                "--log-level", "warning"], stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process, port, _ = start_cli_server(tiny_run)
     try:
-        line = process.stderr.readline()
-        found = re.search(r"at http://127\.0\.0\.1:(\d+)/", line)
-        assert found, line
-        port = int(found[1])
-        for _ in range(300):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
         body = json.dumps({"text": "the cat sees the", "top_k": 3}).encode()
         conn = socket.create_connection(("127.0.0.1", port), timeout=30)
         conn.sendall(f"POST /v1/next HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
