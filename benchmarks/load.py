@@ -82,6 +82,12 @@ def start_server(run_dir, flags=()):
     sys.exit("load.py: the server did not answer /health within 30 s")
 
 
+def percentile(values, q):
+    """Nearest-rank percentile of `values` (q in [0, 1]); nan when there are none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
 def request_body(endpoint, index, num_words):
     prompt = PROMPTS[index % len(PROMPTS)]
     if endpoint == "next":
@@ -116,13 +122,12 @@ def measure(url, endpoint, clients, requests, num_words):
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, range(requests)))
     seconds = time.perf_counter() - started
-    ordered = sorted(latencies) or [float("nan")]
-    percentile = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731 (nearest rank)
     health = httpx.get(url + "/health", timeout=10).json()
     return {"endpoint": endpoint, "clients": clients, "requests": requests,
             "num_words": num_words if endpoint == "generate" else None, "seconds": round(seconds, 3), "requests_per_second": round(requests / seconds, 2),
-            "p50_ms": round(1000 * percentile(0.50), 2), "p99_ms": round(1000 * percentile(0.99), 2),
-            "mean_ms": round(1000 * statistics.fmean(ordered), 2), "errors": len(errors),
+            "p50_ms": round(1000 * percentile(latencies, 0.50), 2),
+            "p99_ms": round(1000 * percentile(latencies, 0.99), 2),
+            "mean_ms": round(1000 * statistics.fmean(latencies or [float("nan")]), 2), "errors": len(errors),
             "error_kinds": sorted(set(errors)), "model": health["model"],
             "vocabulary_size": health["vocabulary_size"], "parameters": health["parameters"],
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs", "command": " ".join(sys.argv)}
@@ -291,9 +296,7 @@ def keep_alive_check(args):
               f"{args.requests} sequential /v1/next requests per client kind\n\n")
     table = ["| client | p50 ms | p99 ms |", "|---|---|---|"]
     for label, seconds in rows.items():
-        ordered = sorted(seconds)
-        table.append(f"| {label} | {1000 * ordered[len(ordered) // 2]:.1f} | "
-                     f"{1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]:.1f} |")
+        table.append(f"| {label} | {1000 * percentile(seconds, 0.5):.1f} | {1000 * percentile(seconds, 0.99):.1f} |")
     text = header + "\n".join(table) + "\n"
     out = Path(args.out or "test-artifacts/load-keep-alive")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import load  # noqa: E402  (start_server, train_tiny)
+import load  # noqa: E402  (start_server, train_tiny, percentile)
+from load import percentile  # noqa: E402
 
 PROMPTS = ["the", "the stock market", "in new york", "the company said it", "shares of the", "the president",
            "a spokesman for the", "the federal reserve", "interest rates", "the dollar fell against the yen"]
@@ -132,11 +133,6 @@ def send(client, base_url, kind, detail, variant, max_request_bytes):
         answer = client.get("/v1/next") if variant % 2 else client.post("/v1/nothing", json={})
     parsed = answer.json() if answer.headers.get("content-type", "").startswith("application/json") else None
     return answer.status_code, None, parsed
-
-
-def percentile(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def soak(base_url, pid, clients, requests, seed=0, max_request_bytes=64 * 1024, log=print):
