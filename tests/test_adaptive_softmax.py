@@ -135,6 +135,45 @@ def test_cheap_path_equals_the_exact_one(tie):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def ranked_sums(log_probs, targets, k):
+    """-sum log p(target), top-1 and top-k hits from the whole (tokens, V) table, ties shared as
+    torch_backend.scores shares them."""
+    target = log_probs[np.arange(len(targets)), targets][:, None]
+    above, tied = (log_probs > target).sum(1), (log_probs == target).sum(1)
+    hits = [np.minimum(np.maximum(n - above, 0) / tied, 1).sum() for n in (1, k)]
+    return -target.sum(), hits[0], hits[1]
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_evaluation_scores_equal_ranking_the_whole_distribution(tie):
+    """AdaptiveSoftmax.scores computes a tail cluster only where it can matter, and still gives the numbers of
+    the whole table: targets in every cluster, top words in every cluster, and exact ties (a cluster whose
+    words all have the same probability) shared the same way."""
+    layer = AdaptiveSoftmax(VOCAB, 12, CUTOFFS, tied=tie, init_scale=0.6, seed=5)
+    layer.build()
+    bands = None
+    if tie:
+        embedding = AdaptiveInput(VOCAB, 12, CUTOFFS, init_scale=0.6, seed=6)
+        embedding.build()
+        bands = embedding.bands()
+    layer.tail_biases[0].assign(np.eye(11)[3] * 3)  # a likely word in each cluster (top words everywhere)
+    h = np.random.default_rng(1).normal(scale=3, size=(300, 12)).astype(np.float32)
+    h[:40] = 0.0  # no signal: with a zero (or zero-projected) hidden state many words tie
+    h = torch.tensor(h)
+    with torch.no_grad():
+        full = numpy(layer.log_probabilities(h, bands))
+        rng = np.random.default_rng(2)
+        targets = np.where(rng.random(300) < 0.4, full.argmax(-1), rng.integers(0, VOCAB, 300))
+        assert min(np.bincount(np.digitize(targets, CUTOFFS), minlength=3)) >= 20
+        for k in (5, 2):
+            got = layer.scores(h, torch.as_tensor(targets), bands, k=k)
+            want = ranked_sums(full, targets, k)
+            assert got[0] == pytest.approx(want[0], rel=1e-6)
+            assert got[1] == pytest.approx(want[1], abs=1e-6) and got[2] == pytest.approx(want[2], abs=1e-6)
+    assert {0, 1} <= set(np.digitize(full.argmax(-1), CUTOFFS))  # the top word is not always a shortlist word
+    assert ((full[:40, :, None] == full[:40, None, :]).sum((1, 2)) > VOCAB).all()  # ties exist in those rows
+
+
 def test_train_step_loss_is_minus_log_p_of_the_targets(toy_corpus):
     config = tiny_config(toy_corpus, softmax="adaptive", cutoffs="6,17", hidden_size=12)
     model = build_model(config, VOCAB)

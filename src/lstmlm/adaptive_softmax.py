@@ -25,6 +25,7 @@ Everything is keras.ops, so it runs on every backend. The training path selects 
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from lstmlm.config import parse_cutoffs  # noqa: F401 (config validates --cutoffs without importing Keras)
@@ -289,6 +290,76 @@ class AdaptiveSoftmax(keras.layers.Layer):
             beaten = ops.scatter_update(beaten, rows[:, None], ops.cast(best > ops.take(target_log_probs, rows),
                                                                         "float32"))
         return ops.sum(1.0 - beaten)
+
+    def scores(self, hidden, targets, bands=None, k=5):
+        """Evaluation sums without the (tokens, V) table: (sum of -log p(target) in nats, top-1 hits, top-k hits).
+
+        The same numbers as ranking `log_probabilities` (ties shared as in torch_backend.scores: a top-k hit
+        counts min(1, max(0, k - above) / tied), `above` = words more likely than the target, `tied` = words as
+        likely, itself included), but each tail cluster is computed only for the tokens that need it:
+        1. log p(target): the head for every token, cluster i for the tokens whose target is in it (and their
+           words of cluster i are counted against the target right there);
+        2. the shortlist words are counted against the target for every token;
+        3. cluster i for another token only where the target is still in reach of the top k (above < k) and
+           p(cluster i) >= p(target): every word of cluster i is at most as likely as the cluster itself.
+        On WikiText-2 (cutoffs 2079, 11092), most tokens need the 2,081-entry head alone.
+
+        Args:
+            hidden: (tokens, d) hidden states.
+            targets: (tokens,) int word ids.
+            bands: the AdaptiveInput's bands when tied.
+            k: the k of the top-k count.
+        Returns:
+            three Python floats.
+        """
+        head, tails = self._weights(bands)
+        head_log_probs = self._head_log_probs(hidden, head)  # (tokens, c_1 + clusters)
+        targets = ops.cast(targets, "int32")
+        cluster_of = ops.zeros_like(targets)  # 0 = shortlist, i = tail cluster i
+        for cutoff in self.cutoffs:
+            cluster_of = cluster_of + ops.cast(targets >= cutoff, "int32")
+        head_target = ops.where(cluster_of == 0, targets, self.shortlist + cluster_of - 1)
+        target = ops.take_along_axis(head_log_probs, head_target[:, None], axis=1)[:, 0]  # (tokens,)
+        above = ops.zeros_like(target)  # words more likely than the target
+        tied = ops.zeros_like(target)  # words exactly as likely, the target itself included
+        clusters = [head_log_probs[:, self.shortlist + i - 1] for i in range(1, len(tails) + 1)]
+
+        def count(rows, i, target_rows, within, above, tied):
+            """Add cluster i's words ((n, cluster words) log softmax `within`) to tokens `rows`' counts."""
+            log_probs = ops.take(clusters[i - 1], rows)[:, None] + within  # log p(word), as log_probabilities
+            t = target_rows[:, None]
+            above = ops.scatter_update(above, rows[:, None], ops.take(above, rows) + ops.sum(
+                ops.cast(log_probs > t, "float32"), axis=1))
+            tied = ops.scatter_update(tied, rows[:, None], ops.take(tied, rows) + ops.sum(
+                ops.cast(log_probs == t, "float32"), axis=1))
+            return above, tied
+
+        def within(rows, i):
+            return self._cluster_log_probs(ops.take(hidden, rows, axis=0), i, *tails[i - 1])  # (n, cluster words)
+
+        for i in range(1, len(tails) + 1):  # 1. the targets in cluster i, and the other words of cluster i
+            rows = ops.nonzero(cluster_of == i)[0]
+            if rows.shape[0] == 0:
+                continue
+            rows_within = within(rows, i)
+            local = ops.take(targets, rows) - self.bounds[i][0]
+            target_rows = ops.take(clusters[i - 1], rows) + ops.take_along_axis(rows_within, local[:, None],
+                                                                                axis=1)[:, 0]
+            target = ops.scatter_update(target, rows[:, None], target_rows)
+            above, tied = count(rows, i, target_rows, rows_within, above, tied)
+        shortlist = head_log_probs[:, : self.shortlist]  # 2. the shortlist words, for every token
+        above = above + ops.sum(ops.cast(shortlist > target[:, None], "float32"), axis=1)
+        tied = tied + ops.sum(ops.cast(shortlist == target[:, None], "float32"), axis=1)
+        for i in range(1, len(tails) + 1):  # 3. cluster i where it can still matter
+            reach = ops.logical_and(ops.logical_and(cluster_of != i, above < k), clusters[i - 1] >= target)
+            rows = ops.nonzero(reach)[0]
+            if rows.shape[0] > 0:
+                above, tied = count(rows, i, ops.take(target, rows), within(rows, i), above, tied)
+        tied = ops.maximum(tied, 1.0)  # the target ties with itself (guards a NaN log-probability)
+        top1 = ops.sum(ops.minimum(ops.maximum(1.0 - above, 0.0) / tied, 1.0))
+        topk = ops.sum(ops.minimum(ops.maximum(k - above, 0.0) / tied, 1.0))
+        nll = -np.sum(ops.convert_to_numpy(target), dtype=np.float64)
+        return float(nll), float(top1), float(topk)
 
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size, "input_size": self.input_size,

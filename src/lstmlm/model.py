@@ -195,6 +195,13 @@ class LSTMLanguageModel(keras.Model):
                 x = dropout(x, self.dropout if last else self.layer_dropout, seed, self.variational)
         return x, new_states
 
+    def adaptive_scores(self, hidden, targets):
+        """Evaluation sums of the adaptive softmax on top-layer outputs (..., hidden_size) against (...)
+        targets: (sum of -log p(target) in nats, top-1 hits, top-5 hits), without the (tokens, V) table
+        (AdaptiveSoftmax.scores)."""
+        hidden = ops.reshape(hidden, (-1, ops.shape(hidden)[-1]))  # (tokens, hidden_size)
+        return self.adaptive_softmax.scores(hidden, ops.reshape(targets, (-1,)), self._tied_bands())
+
     def target_log_probabilities(self, token_ids, targets, states=None, training=False):
         """log p(target) of every token with the adaptive softmax's cheap path (only each target's cluster).
 

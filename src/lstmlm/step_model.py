@@ -167,6 +167,11 @@ class TorchStepModel:
                 return torch.nn.functional.linear(hidden, self.output_weight, self.output_bias).numpy()
             return self.output(hidden.float()).numpy()
 
+    def adaptive_scores(self, hidden, targets):
+        """The adaptive softmax's evaluation sums (LSTMLanguageModel.adaptive_scores), in float32."""
+        with torch_backend.no_grad():
+            return self.adaptive.adaptive_scores(hidden.float().to(torch_backend.device_type()), targets)
+
     def nbytes_per_word(self):
         """Weight bytes one word at batch 1 reads: both LSTM matrices of every layer and the softmax layer
         (the adaptive softmax's every weight, float32, and with tied weights the band weights it shares)."""
@@ -266,3 +271,7 @@ class KerasStepModel:
     def logits(self, hidden):
         with torch_backend.no_grad():
             return np.asarray(torch_backend.to_numpy(self.model.output_scores(hidden)), dtype=np.float32)
+
+    def adaptive_scores(self, hidden, targets):
+        with torch_backend.no_grad():
+            return self.model.adaptive_scores(hidden, targets)
