@@ -238,6 +238,20 @@ class AdaptiveSoftmax(keras.layers.Layer):
     def call(self, hidden, bands=None):
         return self.log_probabilities(hidden, bands)
 
+    def _head_pass(self, hidden, targets, bands):
+        """The head for every token: (tails' weights, int32 targets, head log-probabilities (tokens, c_1 + k),
+        each target's band (0 = shortlist, i = tail cluster i), and log p(target) so far: the word's own for a
+        shortlist target, its cluster's for a tail target)."""
+        head, tails = self._weights(bands)
+        head_log_probs = self._head_log_probs(hidden, head)  # (tokens, c_1 + k)
+        targets = ops.cast(targets, "int32")
+        cluster_of = ops.zeros_like(targets)
+        for cutoff in self.cutoffs:
+            cluster_of = cluster_of + ops.cast(targets >= cutoff, "int32")
+        head_target = ops.where(cluster_of == 0, targets, self.shortlist + cluster_of - 1)
+        target_log_probs = ops.take_along_axis(head_log_probs, head_target[:, None], axis=1)[:, 0]  # (tokens,)
+        return tails, targets, head_log_probs, cluster_of, target_log_probs
+
     def target_log_probabilities(self, hidden, targets, bands=None):
         """log p(target) per token, computing each tail cluster only for the tokens whose target is in it.
 
@@ -248,14 +262,7 @@ class AdaptiveSoftmax(keras.layers.Layer):
             (log p(target) (tokens,) float32, top-1 hits: how many targets are the most likely word, exactly
             as an argmax over `log_probabilities` would count them, ties counted as hits).
         """
-        head, tails = self._weights(bands)
-        head_log_probs = self._head_log_probs(hidden, head)  # (tokens, c_1 + k)
-        targets = ops.cast(targets, "int32")
-        cluster_of = ops.zeros_like(targets)  # 0 = shortlist, i = tail cluster i
-        for cutoff in self.cutoffs:
-            cluster_of = cluster_of + ops.cast(targets >= cutoff, "int32")
-        head_target = ops.where(cluster_of == 0, targets, self.shortlist + cluster_of - 1)
-        target_log_probs = ops.take_along_axis(head_log_probs, head_target[:, None], axis=1)[:, 0]  # (tokens,)
+        tails, targets, head_log_probs, cluster_of, target_log_probs = self._head_pass(hidden, targets, bands)
         # beaten[t] = 1 once some word other than the target is known to have a higher probability
         head_values = ops.stop_gradient(head_log_probs)
         beaten = ops.cast(ops.any(head_values[:, : self.shortlist] > ops.stop_gradient(target_log_probs)[:, None],
@@ -312,14 +319,7 @@ class AdaptiveSoftmax(keras.layers.Layer):
         Returns:
             three Python floats.
         """
-        head, tails = self._weights(bands)
-        head_log_probs = self._head_log_probs(hidden, head)  # (tokens, c_1 + clusters)
-        targets = ops.cast(targets, "int32")
-        cluster_of = ops.zeros_like(targets)  # 0 = shortlist, i = tail cluster i
-        for cutoff in self.cutoffs:
-            cluster_of = cluster_of + ops.cast(targets >= cutoff, "int32")
-        head_target = ops.where(cluster_of == 0, targets, self.shortlist + cluster_of - 1)
-        target = ops.take_along_axis(head_log_probs, head_target[:, None], axis=1)[:, 0]  # (tokens,)
+        tails, targets, head_log_probs, cluster_of, target = self._head_pass(hidden, targets, bands)
         above = ops.zeros_like(target)  # words more likely than the target
         tied = ops.zeros_like(target)  # words exactly as likely, the target itself included
         clusters = [head_log_probs[:, self.shortlist + i - 1] for i in range(1, len(tails) + 1)]
