@@ -80,3 +80,28 @@ def test_export_verb(tiny_run, capsys, tmp_path):
     status, _, err = run_cli(capsys, "export", tiny_run, "--format", "onnx", "--out", tmp_path / "onnx")
     assert status == 0, err
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["export.json", "model.onnx", "vocab.txt"]
+
+
+def test_epoch_loads_that_epochs_checkpoint_for_evaluate_and_predict(tiny_run, capsys):
+    """The tutorial's test mode loads model-40, not the best model: `--epoch N` loads checkpoints/model-NN.keras.
+    Each epoch's evaluation equals that checkpoint's own numbers, and a missing epoch is a one-line error."""
+    import csv
+
+    history = list(csv.DictReader((tiny_run / "history.csv").open()))
+    results = {}
+    for epoch in (1, 3):
+        status, out, _ = run_cli(capsys, "evaluate", tiny_run, "--split", "valid", "--epoch", epoch, "--json")
+        assert status == 0
+        results[epoch] = json.loads(out)
+        # training's validation of that epoch is the same exact evaluation of the same weights
+        assert results[epoch]["loss"] == pytest.approx(float(history[epoch - 1]["valid_loss"]), abs=2e-4)
+    assert results[1]["loss"] != pytest.approx(results[3]["loss"], abs=1e-3)
+    status, out, _ = run_cli(capsys, "predict", tiny_run, "--split", "test", "--skip", 0, "--epoch", 1, "--json")
+    assert status == 0
+    from lstmlm.corpus import read_split
+
+    model = load(tiny_run, epoch=1)
+    ids, _ = read_split(model.config, "test", model.vocabulary)
+    assert json.loads(out)["predicted"] == model.actual_vs_predicted(ids, 0, 10)["predicted"]
+    status, _, err = run_cli(capsys, "evaluate", tiny_run, "--epoch", 7)
+    assert status != 0 and "--epoch 7" in err and "model-07.keras" in err and len(err.strip().splitlines()) == 1

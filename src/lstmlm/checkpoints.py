@@ -44,7 +44,7 @@ class Checkpoints:
 
     @staticmethod
     def epoch_file(epoch):
-        return f"{rd.CHECKPOINTS}/model-{epoch:02d}.keras"
+        return rd.epoch_model_file(epoch)
 
     def save_epoch(self, trainer, progress, history, fields, is_best, wall_seconds):
         """After an epoch's validation: its checkpoint, model.keras if best, history.csv, then state.json."""

@@ -224,6 +224,13 @@ def add_precision(parser):
                              "int8; default: the precision saved in the run")
 
 
+def add_epoch(parser):
+    """--epoch for the verbs that load a trained model: an epoch's checkpoint instead of the best model."""
+    parser.add_argument("--epoch", type=int, default=None,
+                        help="load the checkpoint written after this epoch (checkpoints/model-NN.keras) instead of "
+                             "the best-validation model.keras")
+
+
 def add_evaluate(subparsers):
     parser = subparsers.add_parser("evaluate", help="perplexity and accuracy of a run on a split or file")
     parser.add_argument("run_dir")
@@ -236,6 +243,7 @@ def add_evaluate(subparsers):
                         replacement="--evaluation-batch-size")
     parser.add_argument("--json", action="store_true", help="print JSON")
     add_precision(parser)
+    add_epoch(parser)
     parser.set_defaults(run=run_evaluate)
 
 
@@ -244,8 +252,8 @@ def run_evaluate(args):
 
     if args.evaluation_batch_size <= 0:
         raise LstmlmError(f"--evaluation-batch-size must be positive, got {args.evaluation_batch_size}")
-    result = load(args.run_dir, args.precision).evaluate(split=args.split or "test", file=args.file,
-                                         evaluation_batch_size=args.evaluation_batch_size)
+    model = load(args.run_dir, args.precision, epoch=args.epoch)
+    result = model.evaluate(split=args.split or "test", file=args.file, evaluation_batch_size=args.evaluation_batch_size)
     print(json.dumps(result) if args.json else format_evaluation(result))
     return 0
 
@@ -265,6 +273,7 @@ def add_predict(subparsers):
     parser.add_argument("--count", type=int, default=10, help="tutorial report: number of words")
     parser.add_argument("--json", action="store_true")
     add_precision(parser)
+    add_epoch(parser)
     parser.set_defaults(run=run_predict)
 
 
@@ -275,7 +284,7 @@ def run_predict(args):
         raise LstmlmError("predict: give exactly one of --text or --split")
     if args.skip < 0 or args.count <= 0:
         raise LstmlmError("predict: --skip must be >= 0 and --count positive")
-    model = load(args.run_dir, args.precision)
+    model = load(args.run_dir, args.precision, epoch=args.epoch)
     if args.split:
         _print_actual_vs_predicted(model, args.split, args.skip, args.count, args.json)
         return 0

@@ -13,6 +13,7 @@ The network runs as a step model (step_model.py) in the precision chosen by the 
 import string
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from lstmlm.errors import LstmlmError
 from lstmlm.metrics import perplexity
 from lstmlm.precision import inference_precision
 from lstmlm.prefix_cache import PrefixCache, prompt_state
-from lstmlm.run_directory import load_run
+from lstmlm.run_directory import epoch_model_file, load_run
 from lstmlm.samplers import make_sampler, sample_rows, softmax
 from lstmlm.step_model import make_step_model
 from lstmlm.tokenizer import EOS, UNK, split_words
@@ -266,7 +267,7 @@ def join_words(words):
         .replace(EOS, "\n")
 
 
-def load(run_dir, precision=None, prefix_cache_bytes=DEFAULT_PREFIX_CACHE_BYTES):
+def load(run_dir, precision=None, prefix_cache_bytes=DEFAULT_PREFIX_CACHE_BYTES, epoch=None):
     """Load a run directory for prediction, generation, scoring and evaluation.
 
     Args:
@@ -274,5 +275,13 @@ def load(run_dir, precision=None, prefix_cache_bytes=DEFAULT_PREFIX_CACHE_BYTES)
         precision: None = the precision saved in the run; or "auto", "float32", "bfloat16", "int8"
             (the rule: lstmlm.precision).
         prefix_cache_bytes: memory for the prefix-state cache (0 = none).
+        epoch: None = the best-validation model (model.keras); N = the checkpoint written after epoch N
+            (the tutorial's test mode loads epoch 40's).
     """
-    return LanguageModel(load_run(run_dir), precision, prefix_cache_bytes)
+    if epoch is None:
+        return LanguageModel(load_run(run_dir), precision, prefix_cache_bytes)
+    model_file = epoch_model_file(epoch)
+    if epoch <= 0 or not (Path(run_dir) / model_file).is_file():
+        raise LstmlmError(f"--epoch {epoch}: {Path(run_dir) / model_file} does not exist (a checkpoint is written "
+                          "after each finished epoch)")
+    return LanguageModel(load_run(run_dir, model_file), precision, prefix_cache_bytes)

@@ -306,6 +306,11 @@ def _check_field_types(config, source):
             raise LstmlmError(f"{source}: config field {field.name} must be {expected}, got {value!r}")
 
 
+def epoch_model_file(epoch):
+    """The checkpoint training writes after `epoch`, relative to the run directory: checkpoints/model-NN.keras."""
+    return f"{CHECKPOINTS}/model-{epoch:02d}.keras"
+
+
 def load_run(path, model_file=MODEL):
     """Load config, vocabulary, model and history from a run directory.
 
