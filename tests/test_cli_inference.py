@@ -105,3 +105,5 @@ def test_epoch_loads_that_epochs_checkpoint_for_evaluate_and_predict(tiny_run, c
     assert json.loads(out)["predicted"] == model.actual_vs_predicted(ids, 0, 10)["predicted"]
     status, _, err = run_cli(capsys, "evaluate", tiny_run, "--epoch", 7)
     assert status != 0 and "--epoch 7" in err and "model-07.keras" in err and len(err.strip().splitlines()) == 1
+    status, _, err = run_cli(capsys, "predict", tiny_run, "--split", "test", "--epoch", 0)
+    assert status != 0 and "--epoch 0" in err and len(err.strip().splitlines()) == 1

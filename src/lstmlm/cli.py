@@ -253,7 +253,8 @@ def run_evaluate(args):
     if args.evaluation_batch_size <= 0:
         raise LstmlmError(f"--evaluation-batch-size must be positive, got {args.evaluation_batch_size}")
     model = load(args.run_dir, args.precision, epoch=args.epoch)
-    result = model.evaluate(split=args.split or "test", file=args.file, evaluation_batch_size=args.evaluation_batch_size)
+    result = model.evaluate(split=args.split or "test", file=args.file,
+                            evaluation_batch_size=args.evaluation_batch_size)
     print(json.dumps(result) if args.json else format_evaluation(result))
     return 0
 

@@ -60,14 +60,10 @@ def _run_stream(model, inputs, targets, states, chunk_length, totals):
                 scores = model.adaptive_scores(outputs, y)
             else:
                 scores = _logit_scores(ops.convert_to_tensor(model.logits(outputs)), y)
-        elif adaptive:
+        else:  # the softmax layer applied here: the adaptive layer's own sums, or the full one blockwise
             x = ops.convert_to_tensor(inputs[:, start:start + chunk_length], dtype="int32")
             features, states = model.call_with_states(x, states, training=False, features_only=True)
-            scores = model.adaptive_scores(features, y)
-        else:  # the full softmax applied blockwise here (torch_backend.scores)
-            x = ops.convert_to_tensor(inputs[:, start:start + chunk_length], dtype="int32")
-            features, states = model.call_with_states(x, states, training=False, features_only=True)
-            scores = _scores(features, *model.softmax_layer(), y)
+            scores = model.adaptive_scores(features, y) if adaptive else _scores(features, *model.softmax_layer(), y)
         for i, value in enumerate(scores):
             totals[i] += value
     return states

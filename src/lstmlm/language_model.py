@@ -21,7 +21,7 @@ from lstmlm.errors import LstmlmError
 from lstmlm.metrics import perplexity
 from lstmlm.precision import inference_precision
 from lstmlm.prefix_cache import PrefixCache, prompt_state
-from lstmlm.run_directory import epoch_model_file, load_run
+from lstmlm.run_directory import MODEL, epoch_model_file, load_run
 from lstmlm.samplers import make_sampler, sample_rows, softmax
 from lstmlm.step_model import make_step_model
 from lstmlm.tokenizer import EOS, UNK, split_words
@@ -278,10 +278,8 @@ def load(run_dir, precision=None, prefix_cache_bytes=DEFAULT_PREFIX_CACHE_BYTES,
         epoch: None = the best-validation model (model.keras); N = the checkpoint written after epoch N
             (the tutorial's test mode loads epoch 40's).
     """
-    if epoch is None:
-        return LanguageModel(load_run(run_dir), precision, prefix_cache_bytes)
-    model_file = epoch_model_file(epoch)
-    if epoch <= 0 or not (Path(run_dir) / model_file).is_file():
+    model_file = MODEL if epoch is None else epoch_model_file(epoch)
+    if epoch is not None and not (Path(run_dir) / model_file).is_file():  # model-00, model--1: never written
         raise LstmlmError(f"--epoch {epoch}: {Path(run_dir) / model_file} does not exist (a checkpoint is written "
                           "after each finished epoch)")
     return LanguageModel(load_run(run_dir, model_file), precision, prefix_cache_bytes)
