@@ -9,9 +9,10 @@
    saved in a run trained elsewhere (a GPU), it falls back to float32.
 5. bfloat16 and int8 need the torch backend; on other Keras backends only float32 runs.
 
-float32 is the exact reference: the trained weights as they are. bfloat16 stores the weights and the LSTM state in
-bfloat16; int8 stores the LSTM and softmax weights in int8 (see quantization.py); both are approximations whose
-cost in perplexity is measured in docs/benchmarks.md.
+float32 is the exact reference: the trained weights as they are. bfloat16 stores the LSTM and softmax weights in
+bfloat16 and runs their products in it, keeping the LSTM state and the elementwise cell in float32
+(step_model.py); int8 stores the LSTM and softmax weights in int8 (see quantization.py). Both are approximations
+whose cost in perplexity is measured in docs/benchmarks.md.
 """
 
 from lstmlm import torch_backend
