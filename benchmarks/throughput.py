@@ -239,6 +239,9 @@ def time_training(config_name, kinds, warmup, rounds, log=print):
 
 
 # ---- environment ---------------------------------------------------------------------------------------
+ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def environment():
     import keras
     import torch
@@ -249,7 +252,11 @@ def environment():
     return {"cpu": cpu_info(), "torch": torch.__version__, "keras": keras.__version__,
             "keras_backend": keras.backend.backend(), "python": sys.version.split()[0],
             "threads": torch.get_num_threads(), "precision_auto": torch_backend.resolve_precision("auto"),
-            "load_average_start": [round(v, 2) for v in os.getloadavg()]}
+            "load_average_start": [round(v, 2) for v in os.getloadavg()],
+            # the widest vector ISA torch's own kernels dispatch to, and the caps the environment set on the three
+            # kernel libraries (ATen, oneDNN, MKL): an AVX2-only run on an AVX-512 machine is recorded as such
+            "kernel_isa": {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                           **{name: os.environ[name] for name in ISA_VARIABLES if name in os.environ}}}
 
 
 # ---- memory --------------------------------------------------------------------------------------------
@@ -360,7 +367,8 @@ def markdown(result):
              f"CPU {cpu['model']} ({cpu['cores']} cores; flags: {' '.join(cpu['flags']) or 'none of note'}), "
              f"torch threads {env['threads']}; torch {env['torch']}, keras {env['keras']} ({env['keras_backend']}), "
              f"python {env['python']}; precision auto = {env['precision_auto']}; load average "
-             f"{env['load_average_start']} at start, {env.get('load_average_end')} at end.", ""]
+             f"{env['load_average_start']} at start, {env.get('load_average_end')} at end. Kernels: "
+             + ", ".join(f"{k} {v}" for k, v in env.get("kernel_isa", {}).items()) + ".", ""]
     if result.get("note"):
         lines += [result["note"], ""]
     for config_name, block in result["training"].items():
