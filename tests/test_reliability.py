@@ -135,6 +135,34 @@ def test_sighup_and_sigint_inside_a_step_wait_for_it(longer_corpus, unbroken, tm
     assert_same_as_unbroken(out, unbroken)
 
 
+def test_a_signal_between_epochs_keeps_the_epoch_checkpoint_and_says_how_to_resume(longer_corpus, unbroken,
+                                                                                  tmp_path, monkeypatch):
+    """In-process: SIGTERM lands after epoch 1's checkpoint, before epoch 2's first batch (nothing new to save).
+    The resume hint is still printed, the epoch checkpoint stands, and resuming equals the unbroken run."""
+    from lstmlm import signals
+    from lstmlm import training as train_module
+
+    real_epoch, calls = train_module.train_epoch, []
+
+    def signalled_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise signals.Interrupted(signal.SIGTERM)  # as the handler raises it between steps
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_epoch", signalled_epoch)
+    out, lines = tmp_path / "run", []
+    with pytest.raises(signals.Interrupted):
+        train(fault_config(longer_corpus), out=out, log=lines.append, progress=False)
+    assert lines[-1] == (f"stopped by SIGTERM: nothing new since the last checkpoint, which stands; "
+                         f"continue with: lstmlm train --resume {out}")
+    state = json.loads((out / rd.STATE).read_text())
+    assert (state["epoch"], state["batch"]) == (1, 0)
+    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
+    resume(out)
+    assert_same_as_unbroken(out, unbroken)
+
+
 def test_sigterm_from_outside_stops_cleanly(longer_corpus, tmp_path):
     """A scheduler's SIGTERM at an arbitrary moment after the first checkpoint."""
     out = tmp_path / "run"
