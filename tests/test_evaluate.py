@@ -140,3 +140,23 @@ def test_run_trained_in_bfloat16_evaluates_on_a_machine_without_it(tiny_run, tmp
     reference = load(tiny_run).evaluate(split="valid")
     assert result["tokens"] == reference["tokens"]
     assert result["loss"] == pytest.approx(reference["loss"], rel=1e-9)
+
+
+def test_bfloat16_evaluation_runs_training_s_validation_path(tiny_run):
+    """In bfloat16 `evaluate` scores a whole text with the Keras model under autocast (training's validation
+    path, 3-4x faster than the step model's per-word loop): exactly evaluate_ids on the Keras model, and within
+    bfloat16's rounding of the step model's figures."""
+    from lstmlm import torch_backend
+    from lstmlm.corpus import read_split
+    from lstmlm.language_model import load
+
+    if not (torch_backend.is_torch() and torch_backend.bfloat16_supported()):
+        pytest.skip("needs native bfloat16 and the torch backend")
+    model = load(tiny_run, precision="bfloat16")
+    result = model.evaluate(split="valid")
+    ids, _ = read_split(model.config, "valid", model.vocabulary)
+    keras_path = evaluate_ids(model.model, ids, model.vocabulary, precision="bfloat16")
+    step_path = evaluate_ids(model.step_model, ids, model.vocabulary)
+    assert result["tokens"] == keras_path["tokens"] == step_path["tokens"]
+    assert (result["loss"], result["accuracy"]) == (keras_path["loss"], keras_path["accuracy"])
+    assert result["loss"] == pytest.approx(step_path["loss"], rel=2e-2)

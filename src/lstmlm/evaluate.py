@@ -139,5 +139,11 @@ def evaluate(run, split="test", file=None, evaluation_batch_size=1, chunk_length
         from lstmlm.step_model import make_step_model
 
         step_model = make_step_model(run.model, inference_precision(precision, run.config.precision))
-    result = evaluate_ids(step_model, ids, run.vocabulary, evaluation_batch_size, chunk_length)
+    model, autocast = step_model, "float32"
+    if getattr(step_model, "precision", None) == "bfloat16" and torch_backend.is_torch():
+        # A whole text in bfloat16: the Keras model under autocast (training's validation path: torch's fused LSTM
+        # over each chunk, the blockwise softmax) is 3-4x faster than the step model's per-word cell loop, which
+        # is built for batch-1 prediction (measured in docs/benchmarks.md); the same bfloat16 products.
+        model, autocast = run.model, "bfloat16"
+    result = evaluate_ids(model, ids, run.vocabulary, evaluation_batch_size, chunk_length, precision=autocast)
     return {"split": name, **result, "num_unknown_words": num_unknown}
