@@ -40,9 +40,9 @@ def main(argv=None):
             result = evaluate_ids(model.step_model, ids, model.vocabulary)
         else:
             result = evaluate_ids(model.model, ids, model.vocabulary, precision=model.precision)
+        seconds = time.perf_counter() - started
         print(f"{path} {model.precision}: perplexity {result['perplexity']:.5f} accuracy {result['accuracy']:.5f} "
-              f"top-5 {result['top5_accuracy']:.5f} ({result['tokens']:,} tokens) {time.perf_counter() - started:.2f} s",
-              flush=True)
+              f"top-5 {result['top5_accuracy']:.5f} ({result['tokens']:,} tokens) {seconds:.2f} s", flush=True)
 
 
 if __name__ == "__main__":
