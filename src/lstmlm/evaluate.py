@@ -123,27 +123,28 @@ def evaluate(run, split="test", file=None, evaluation_batch_size=1, chunk_length
         evaluation_batch_size: parallel streams (1 = exact, the state carried over the whole text).
         chunk_length: time steps per forward call (does not change the result).
         precision: None = the run's saved precision, or auto/float32/bfloat16/int8 (the rule: precision.py).
-        step_model: the step model to run (a LanguageModel passes its own); overrides `precision`.
+        step_model: the step model to run (a LanguageModel passes its own); its precision overrides
+            `precision` (in bfloat16 the Keras model runs instead, see below).
     Returns:
         {"split" (the split or the file's path), "tokens", "loss" (nats), "perplexity", "accuracy",
         "top5_accuracy", "seconds", "num_unknown_words" (the text's words, with repeats, read as <unk>)}.
     """
     from lstmlm.corpus import encode_file, read_split
+    from lstmlm.precision import inference_precision
+    from lstmlm.step_model import make_step_model
 
     if file is not None:
         (ids, num_unknown), name = encode_file(file, run.vocabulary, run.config.lowercase), str(file)
     else:
         (ids, num_unknown), name = read_split(run.config, split, run.vocabulary), split
-    if step_model is None:
-        from lstmlm.precision import inference_precision
-        from lstmlm.step_model import make_step_model
-
-        step_model = make_step_model(run.model, inference_precision(precision, run.config.precision))
-    model, autocast = step_model, "float32"
-    if getattr(step_model, "precision", None) == "bfloat16" and torch_backend.is_torch():
+    chosen = step_model.precision if step_model is not None else inference_precision(precision, run.config.precision)
+    if chosen == "bfloat16" and torch_backend.is_torch():
         # A whole text in bfloat16: the Keras model under autocast (training's validation path: torch's fused LSTM
         # over each chunk, the blockwise softmax) is 3-4x faster than the step model's per-word cell loop, which
-        # is built for batch-1 prediction (measured in docs/benchmarks.md); the same bfloat16 products.
+        # is built for batch-1 prediction (measured in docs/benchmarks.md); the same bfloat16 products. No step
+        # model is built for it.
         model, autocast = run.model, "bfloat16"
+    else:
+        model, autocast = (step_model if step_model is not None else make_step_model(run.model, chosen)), "float32"
     result = evaluate_ids(model, ids, run.vocabulary, evaluation_batch_size, chunk_length, precision=autocast)
     return {"split": name, **result, "num_unknown_words": num_unknown}
