@@ -430,7 +430,11 @@ class TrainingRun:
         if reason is None:
             self.log(f"checkpoint: {where} (every {self.config.checkpoint_minutes:g} min): {path}")
         else:
-            self.log(f"{reason} in {where}: saved {path}; continue with: lstmlm train --resume {self.out}")
+            self.log(f"{reason} in {where}: saved {path}; {self.resume_hint()}")
+
+    def resume_hint(self):
+        """What a stopped run prints last: the command that continues it."""
+        return f"continue with: lstmlm train --resume {self.out}"
 
     def checkpoint_due(self):
         minutes = self.config.checkpoint_minutes
@@ -628,13 +632,13 @@ def _epoch_loop(run, progress):
         name = "interrupted"  # Ctrl-C, or a KeyboardInterrupt raised by a caller
         if isinstance(interrupt, signals.Interrupted) and interrupt.signal_number != signal.SIGINT:
             name = f"stopped by {interrupt.args[0]}"
-        resume_hint = f"continue with: lstmlm train --resume {run.out}"
         if current is not None and current.batches_done > 0 and not current.saved and clean:
             run.save_resumable(current, reason=name)
         elif not clean:
-            run.log(f"{name} (a second signal, mid-step): nothing saved; the last checkpoint stands; {resume_hint}")
+            run.log(f"{name} (a second signal, mid-step): nothing saved; the last checkpoint stands; "
+                    f"{run.resume_hint()}")
         elif (run.out / rd.STATE).exists():  # between epochs, or just after a checkpoint: nothing new to save
-            run.log(f"{name}: nothing new since the last checkpoint, which stands; {resume_hint}")
+            run.log(f"{name}: nothing new since the last checkpoint, which stands; {run.resume_hint()}")
         raise
 
 
