@@ -112,6 +112,9 @@ def test_type_see_suggestions_tab_accepts_generate_and_score(page, api, tiny_run
                                      "seed": 3})["text"]
     value = box.input_value()
     assert value == prompt + generated + ("" if generated[-1:].isspace() else " ")
+    # the suggestions for the longer text arrive after the words; their refresh leaves the status alone
+    wait_for_suggestions(page, [w["word"] for w in api("/v1/next", {"text": value, "top_k": 8})["predictions"]])
+    sync_api.expect(page.locator("#status")).to_have_text("generated 6 words")
 
     # score: one coloured word per scored token, and the summary's perplexity is the API's
     page.click("#score")
@@ -143,3 +146,14 @@ def test_errors_are_shown_not_thrown(page):
     page.click("#continue")
     sync_api.expect(page.locator("#status")).to_contain_text("num_words")
     sync_api.expect(page.locator("#status")).to_have_class("status error")
+
+
+def test_unknown_words_are_named_until_the_text_has_none(page, api):
+    box = page.locator("#text")
+    box.click()
+    box.type("my zebra ", delay=20)
+    assert api("/v1/next", {"text": "my zebra ", "top_k": 8})["unknown_words"] == ["zebra"]
+    sync_api.expect(page.locator("#status")).to_have_text("not in the vocabulary: zebra")
+    box.fill("my friend ")  # fill fires one input event: the suggestions refresh and clear their own message
+    wait_for_suggestions(page, [w["word"] for w in api("/v1/next", {"text": "my friend ", "top_k": 8})["predictions"]])
+    sync_api.expect(page.locator("#status")).to_have_text("")
