@@ -227,3 +227,25 @@ def test_every_preset_is_a_valid_config_and_speedrun_adaptive_differs_only_in_it
                  if getattr(configs["speedrun"], field.name) != getattr(configs["speedrun-adaptive"], field.name)}
     assert differing == {"softmax"} and configs["speedrun-adaptive"].softmax == "adaptive"
     assert configs["speedrun"].evaluation_batch_size == 10 and configs["small"].evaluation_batch_size == 1
+
+
+def test_speedrun_wide_is_the_recipe_the_60_minute_race_measured(capsys):
+    """The preset is what docs/race.md reports: the race's `lstmlm train` command (speedrun plus flags) and
+    `--preset speedrun-wide` resolve to the same config, apart from where the run was written."""
+    import json
+    import shlex
+    from pathlib import Path
+
+    report = Path(__file__).resolve().parents[1] / "docs" / "runs" / "race" / "ptb-60min-2t-sequential-2x384.json"
+    command = shlex.split(json.loads(report.read_text(encoding="utf-8"))["sides"]["lstmlm"]["commands"][0])
+    argv = command[command.index("train"):]
+
+    def resolved(arguments):
+        assert main(arguments + ["--print-config"]) == 0
+        config = json.loads(capsys.readouterr().out)
+        return {key: value for key, value in config.items() if key != "out"}
+
+    raced = resolved(argv)
+    assert raced["hidden_size"] == 384 and "--preset" in argv and argv[argv.index("--preset") + 1] == "speedrun"
+    assert resolved(["train", "--preset", "speedrun-wide", "--max-minutes", "60", "--threads", "2", "--seed", "1",
+                     "--no-report"]) == raced
