@@ -61,14 +61,22 @@ def make_optimizer(config, model):
     raise ValueError(f"reference has no optimizer {config.optimizer!r}")
 
 
-def train_step(model, optimizer, x, y, state, clip_norm, sum_over_time=False, precision="float32"):
-    """One step; returns (mean loss tensor, new state). x, y: (batch, time) long tensors. With `sum_over_time`
-    the gradient is that of the loss summed over time steps (Zaremba et al.), as lstmlm's small preset.
-    precision "bfloat16": the forward pass and the loss under torch.autocast, as the PyTorch docs write it
-    (autocast runs the matrix products and the LSTM in bfloat16, the cross-entropy in float32)."""
+def forward_loss(model, x, y, state, precision="float32"):
+    """(mean cross-entropy over the batch's tokens, new state). precision "bfloat16": the forward pass and the
+    loss under torch.autocast, as the PyTorch docs write it (autocast runs the matrix products and the LSTM in
+    bfloat16, the cross-entropy in float32)."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
         logits, state = model(x, state)
         loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    return loss, state
+
+
+def train_step(model, optimizer, x, y, state, clip_norm, sum_over_time=False, precision="float32",
+               forward=forward_loss):
+    """One step; returns (mean loss tensor, new state). x, y: (batch, time) long tensors. With `sum_over_time`
+    the gradient is that of the loss summed over time steps (Zaremba et al.), as lstmlm's small preset.
+    `forward`: `forward_loss`, or `torch.compile(forward_loss)` (the backward then runs inductor's graph too)."""
+    loss, state = forward(model, x, y, state, precision)
     optimizer.zero_grad(set_to_none=True)
     (loss * x.shape[1] if sum_over_time else loss).backward()
     if clip_norm > 0:

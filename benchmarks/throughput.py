@@ -90,7 +90,7 @@ class LstmlmStep:
     """One batch through lstmlm's own epoch loop: `train_epoch` (dropout seeds, learning rate, train_step, the
     detached state carried in stream batching, the EpochProgress sums), stopped after that batch."""
 
-    def __init__(self, config_name, precision="auto"):
+    def __init__(self, config_name, precision="auto", compiled=False):
         import keras
 
         from lstmlm import torch_backend
@@ -107,6 +107,11 @@ class LstmlmStep:
                                       states=self.trainer.model.initial_states(BATCH) if carry else None)
         self.batches = []  # the epoch so far: train_epoch runs from progress.batches_done on
         self.name = "lstmlm" if precision == "auto" else f"lstmlm {precision}"
+        if compiled:  # torch.compile of the model's forward call (the loss is lstmlm's own one-pass function)
+            import torch
+
+            self.trainer.forward = torch.compile(self.trainer.forward)
+            self.name += " compiled"
 
     def step(self, x, y):
         from lstmlm.training import train_epoch
@@ -123,7 +128,7 @@ class LstmlmStep:
 class TorchStep:
     """Plain PyTorch (benchmarks/reference_pytorch.py), the state carried where lstmlm carries it."""
 
-    def __init__(self, config_name, precision="float32"):
+    def __init__(self, config_name, precision="float32", compiled=False):
         import torch
 
         import reference_pytorch
@@ -135,6 +140,11 @@ class TorchStep:
         self.carry = self.config.batching == "stream"
         self.state = None
         self.name = "pytorch" if precision == "float32" else "pytorch bf16"
+        # torch.compile of the forward pass and the loss (inductor also builds their backward): the candidate
+        # the issue names; compiled on the first (warm-up) step, which needs a C++ compiler
+        self.forward = torch.compile(reference_pytorch.forward_loss) if compiled else reference_pytorch.forward_loss
+        if compiled:
+            self.name += " compiled"
 
     def step(self, x, y):
         import torch
@@ -143,7 +153,7 @@ class TorchStep:
 
         loss, state = reference_pytorch.train_step(self.model, self.optimizer, torch.from_numpy(x),
                                                    torch.from_numpy(y), self.state, self.config.clip_norm,
-                                                   self.config.sum_over_time, self.precision)
+                                                   self.config.sum_over_time, self.precision, self.forward)
         if self.carry:
             self.state = tuple(s.detach() for s in state)
         return float(loss)
@@ -175,6 +185,10 @@ def make_step(kind, config_name):
               "lstmlm-float32": lambda: LstmlmStep(config_name, "float32"),
               "pytorch": lambda: TorchStep(config_name),
               "pytorch-bf16": lambda: TorchStep(config_name, "bfloat16"),
+              # opt-in (--variants): torch.compile, each compiled in its first warm-up step
+              "lstmlm-compiled": lambda: LstmlmStep(config_name, compiled=True),
+              "pytorch-compiled": lambda: TorchStep(config_name, compiled=True),
+              "pytorch-bf16-compiled": lambda: TorchStep(config_name, "bfloat16", compiled=True),
               "keras-tutorial": lambda: KerasTutorialStep(config_name)}
     return makers[kind]()
 
@@ -227,7 +241,7 @@ def time_training(config_name, kinds, warmup, rounds, log=print):
                      "loss_first_step": round(row["losses"][0], 4), "loss_last_step": round(row["losses"][-1], 4),
                      "wall_ms_steps": [round(1000 * v, 2) for v in row["wall"]],
                      "cpu_ms_steps": [round(1000 * v, 2) for v in row["cpu"]]}
-    for reference in ("pytorch", "pytorch-bf16", "lstmlm-float32"):
+    for reference in ("pytorch", "pytorch-bf16", "pytorch-bf16-compiled", "lstmlm-float32"):
         if reference not in records:
             continue
         for kind in kinds:
@@ -373,7 +387,8 @@ def markdown(result):
         lines += [result["note"], ""]
     for config_name, block in result["training"].items():
         variants_ = block["variants"]
-        references = [r for r in ("pytorch", "pytorch-bf16") if f"speed_vs_{r}_cpu" in next(iter(variants_.values()))]
+        references = [r for r in ("pytorch", "pytorch-bf16", "pytorch-bf16-compiled")
+                      if f"speed_vs_{r}_cpu" in next(iter(variants_.values()))]
         fields = block["fields"]
         lines += [f"## Training, {config_name} config ({fields['hidden_size']}x{fields['num_layers']}, "
                   f"{block['num_steps']} steps, batch {block['batch_size']}, {fields['optimizer']}, clip "
@@ -431,7 +446,8 @@ def main(argv=None):
     parser.add_argument("--memory-steps", type=int, default=4,
                         help="training steps in each peak-memory subprocess (0 = skip the memory measurement)")
     parser.add_argument("--variants", help="comma-separated subset of lstmlm, lstmlm-float32, pytorch, pytorch-bf16, "
-                        "keras-tutorial (default: all this CPU runs natively)")
+                        "keras-tutorial (default: all this CPU runs natively), and the torch.compile ones: "
+                        "lstmlm-compiled, pytorch-compiled, pytorch-bf16-compiled")
     parser.add_argument("--profile", action="store_true", help="also torch.profiler's top ops of each step")
     parser.add_argument("--profile-steps", type=int, default=3, help="profiled steps per variant")
     parser.add_argument("--note", default="", help="free text recorded with the results (e.g. machine load)")

@@ -8,6 +8,7 @@ and the reported figures are the ones its recorded step times give.
 
 import json
 import math
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -75,3 +76,23 @@ def test_zipf_batches_are_shifted_targets():
 def test_light_configs_match_the_presets():
     throughput.check_light_configs()  # raises if a preset changed and the plain-PyTorch copy did not
     assert set(throughput.LIGHT_CONFIGS) == {"tutorial", "small"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile needs a C++ compiler")
+def test_the_compiled_reference_is_the_same_training_as_the_eager_one():
+    """The opt-in `pytorch-compiled` variant (torch.compile of the forward pass and the loss) trains the same
+    model on the same batches: its losses match the eager reference's step for step."""
+    import torch
+
+    threads = torch.get_num_threads()
+    batches = throughput.zipf_batches(3, throughput.BATCH, throughput.LIGHT_CONFIGS["small"]["num_steps"])
+    eager = throughput.make_step("pytorch", "small")
+    compiled = throughput.make_step("pytorch-compiled", "small")
+    assert (eager.name, compiled.name) == ("pytorch", "pytorch compiled")
+    assert compiled.forward is not eager.forward  # the compiled wrapper, not the plain function
+    try:
+        for x, y in batches:
+            assert compiled.step(x, y) == pytest.approx(eager.step(x, y), rel=1e-4)
+    finally:
+        torch.set_num_threads(threads)
