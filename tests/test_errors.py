@@ -229,14 +229,18 @@ def test_every_preset_is_a_valid_config_and_speedrun_adaptive_differs_only_in_it
     assert configs["speedrun"].evaluation_batch_size == 10 and configs["small"].evaluation_batch_size == 1
 
 
-def test_speedrun_wide_is_the_recipe_the_60_minute_race_measured(capsys):
-    """The preset is what docs/race.md reports: the race's `lstmlm train` command (speedrun plus flags) and
-    `--preset speedrun-wide` resolve to the same config (`--out` is not part of it)."""
+@pytest.mark.parametrize("name, report, minutes, threads, flag", [
+    ("speedrun-wide", "ptb-60min-2t-sequential-2x384.json", "60", "2", ("hidden_size", 384)),
+    ("speedrun-light", "ptb-15min-1t-parallel-2.json", "15", "1", ("weight_drop", 0.0)),
+])
+def test_speedrun_variants_are_the_recipes_the_races_measured(capsys, name, report, minutes, threads, flag):
+    """Each preset is what docs/race.md reports: the race's `lstmlm train` command (speedrun plus flags) and
+    `--preset NAME` with the race's budget resolve to the same config (`--out` is not part of it)."""
     import json
     import shlex
     from pathlib import Path
 
-    report = Path(__file__).resolve().parents[1] / "docs" / "runs" / "race" / "ptb-60min-2t-sequential-2x384.json"
+    report = Path(__file__).resolve().parents[1] / "docs" / "runs" / "race" / report
     command = shlex.split(json.loads(report.read_text(encoding="utf-8"))["sides"]["lstmlm"]["commands"][0])
     argv = command[command.index("train"):]
 
@@ -245,6 +249,8 @@ def test_speedrun_wide_is_the_recipe_the_60_minute_race_measured(capsys):
         return json.loads(capsys.readouterr().out)
 
     raced = resolved(argv)
-    assert raced["hidden_size"] == 384 and "--preset" in argv and argv[argv.index("--preset") + 1] == "speedrun"
-    assert resolved(["train", "--preset", "speedrun-wide", "--max-minutes", "60", "--threads", "2", "--seed", "1",
+    assert raced[flag[0]] == flag[1] and "--preset" in argv and argv[argv.index("--preset") + 1] == "speedrun"
+    assert raced != resolved(["train", "--preset", "speedrun", "--max-minutes", minutes, "--threads", threads,
+                              "--seed", "1", "--no-report"])
+    assert resolved(["train", "--preset", name, "--max-minutes", minutes, "--threads", threads, "--seed", "1",
                      "--no-report"]) == raced
