@@ -39,19 +39,12 @@ def _logit_scores(logits, targets):
             float(ops.sum(ops.cast(ops.any(hits, axis=-1), "float32"))))
 
 
-def _is_adaptive(model):
-    """Whether `model` (an LSTMLanguageModel or a step model) ends in an adaptive softmax."""
-    keras_model = model if hasattr(model, "call_with_states") else (
-        getattr(model, "adaptive", None) or getattr(model, "model", None))
-    return getattr(keras_model, "softmax", "full") == "adaptive"
-
-
 def _run_stream(model, inputs, targets, states, chunk_length, totals):
     """inputs, targets: (batch, length) numpy; adds to totals; returns the final states.
 
     `model` is an LSTMLanguageModel (training's validation) or a step model (step_model.py: inference in the
     precision chosen for it)."""
-    adaptive = _is_adaptive(model)
+    adaptive = model.softmax == "adaptive"  # an LSTMLanguageModel and both step models say which softmax
     for start in range(0, inputs.shape[1], chunk_length):
         y = ops.convert_to_tensor(targets[:, start:start + chunk_length], dtype="int32")
         if not hasattr(model, "call_with_states"):  # a step model: its own precision and products

@@ -79,7 +79,7 @@ class TorchStepModel:
         self.precision = precision
         self.batch_invariant = precision == "int8"
         self.num_layers, self.hidden_size = model.num_layers, model.hidden_size
-        self.vocabulary_size = model.vocabulary_size
+        self.vocabulary_size, self.softmax = model.vocabulary_size, model.softmax  # 'full' or 'adaptive'
         embeddings = _tensor(model.embedding.embeddings)  # (vocabulary, embedding)
         self.embedding = embeddings  # float32 in every precision: a lookup reads one row per word
         layers = [(_tensor(layer.kernel).t(), _tensor(layer.recurrent_kernel).t(), _tensor(layer.bias))
@@ -228,7 +228,7 @@ class KerasStepModel:
     def __init__(self, model):
         self.model = model
         self.num_layers, self.hidden_size = model.num_layers, model.hidden_size
-        self.vocabulary_size = model.vocabulary_size
+        self.vocabulary_size, self.softmax = model.vocabulary_size, model.softmax  # 'full' or 'adaptive'
 
     def initial_states(self, batch_size):
         from keras import ops
