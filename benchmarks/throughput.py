@@ -205,6 +205,10 @@ def variants(config_name, full=True):
     return kinds
 
 
+# The plain-PyTorch variants every other variant's speed is given against (in the JSON and the report's columns)
+PYTORCH_REFERENCES = ("pytorch", "pytorch-bf16", "pytorch-bf16-compiled")
+
+
 # ---- timing --------------------------------------------------------------------------------------------
 def time_training(config_name, kinds, warmup, rounds, log=print):
     """Warm-up steps for every variant, then `rounds` rounds of one timed step per variant (in a random order
@@ -241,7 +245,7 @@ def time_training(config_name, kinds, warmup, rounds, log=print):
                      "loss_first_step": round(row["losses"][0], 4), "loss_last_step": round(row["losses"][-1], 4),
                      "wall_ms_steps": [round(1000 * v, 2) for v in row["wall"]],
                      "cpu_ms_steps": [round(1000 * v, 2) for v in row["cpu"]]}
-    for reference in ("pytorch", "pytorch-bf16", "pytorch-bf16-compiled", "lstmlm-float32"):
+    for reference in (*PYTORCH_REFERENCES, "lstmlm-float32"):
         if reference not in records:
             continue
         for kind in kinds:
@@ -387,8 +391,7 @@ def markdown(result):
         lines += [result["note"], ""]
     for config_name, block in result["training"].items():
         variants_ = block["variants"]
-        references = [r for r in ("pytorch", "pytorch-bf16", "pytorch-bf16-compiled")
-                      if f"speed_vs_{r}_cpu" in next(iter(variants_.values()))]
+        references = [r for r in PYTORCH_REFERENCES if f"speed_vs_{r}_cpu" in next(iter(variants_.values()))]
         fields = block["fields"]
         lines += [f"## Training, {config_name} config ({fields['hidden_size']}x{fields['num_layers']}, "
                   f"{block['num_steps']} steps, batch {block['batch_size']}, {fields['optimizer']}, clip "
