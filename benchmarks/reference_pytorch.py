@@ -21,8 +21,14 @@ class WordLSTM(nn.Module):
             for parameter in self.parameters():
                 nn.init.uniform_(parameter, -init_scale, init_scale)
 
-    def forward(self, x, state=None):
-        out, state = self.lstm(self.embedding(x), state)
+    def forward(self, x, state=None, float32_lstm=False):
+        """float32_lstm: under bfloat16 autocast, run the LSTM in float32 (lstmlm's rule for Adam, issue 23)."""
+        embedded = self.embedding(x)
+        if float32_lstm:
+            with torch.autocast(x.device.type, enabled=False):
+                out, state = self.lstm(embedded.float(), state)
+        else:
+            out, state = self.lstm(embedded, state)
         return self.decoder(self.drop(out)), state
 
     def next_word_probabilities(self, x, last_only=True):
@@ -64,9 +70,9 @@ def make_optimizer(config, model):
 def forward_loss(model, x, y, state, precision="float32"):
     """(mean cross-entropy over the batch's tokens, new state). precision "bfloat16": the forward pass and the
     loss under torch.autocast, as the PyTorch docs write it (autocast runs the matrix products and the LSTM in
-    bfloat16, the cross-entropy in float32)."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-        logits, state = model(x, state)
+    bfloat16, the cross-entropy in float32); "bfloat16-float32-lstm": the same with the LSTM in float32."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision.startswith("bfloat16")):
+        logits, state = model(x, state, float32_lstm=precision == "bfloat16-float32-lstm")
         loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
     return loss, state
 

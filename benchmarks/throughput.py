@@ -139,7 +139,8 @@ class TorchStep:
         self.optimizer = reference_pytorch.make_optimizer(self.config, self.model)
         self.carry = self.config.batching == "stream"
         self.state = None
-        self.name = "pytorch" if precision == "float32" else "pytorch bf16"
+        self.name = {"float32": "pytorch", "bfloat16": "pytorch bf16",
+                     "bfloat16-float32-lstm": "pytorch bf16, LSTM float32"}[precision]
         # torch.compile of the forward pass and the loss (inductor also builds their backward): the candidate
         # the issue names; compiled on the first (warm-up) step, which needs a C++ compiler
         self.forward = torch.compile(reference_pytorch.forward_loss) if compiled else reference_pytorch.forward_loss
@@ -185,6 +186,8 @@ def make_step(kind, config_name):
               "lstmlm-float32": lambda: LstmlmStep(config_name, "float32"),
               "pytorch": lambda: TorchStep(config_name),
               "pytorch-bf16": lambda: TorchStep(config_name, "bfloat16"),
+              # bfloat16 with the LSTM in float32: what lstmlm does with Adam (precision.training_lstm_precision)
+              "pytorch-bf16-float32-lstm": lambda: TorchStep(config_name, "bfloat16-float32-lstm"),
               # opt-in (--variants): torch.compile, each compiled in its first warm-up step
               "lstmlm-compiled": lambda: LstmlmStep(config_name, compiled=True),
               "pytorch-compiled": lambda: TorchStep(config_name, compiled=True),
@@ -195,9 +198,13 @@ def make_step(kind, config_name):
 
 def variants(config_name, full=True):
     """The variants this machine can run: the bfloat16 ones only where bfloat16 is native."""
+    from lstmlm.precision import ADAPTIVE_OPTIMIZERS
+
     kinds = ["lstmlm"]
     if bfloat16_native():
         kinds += ["lstmlm-float32", "pytorch", "pytorch-bf16"]
+        if LIGHT_CONFIGS[config_name]["optimizer"] in ADAPTIVE_OPTIMIZERS:
+            kinds.append("pytorch-bf16-float32-lstm")
     else:
         kinds += ["pytorch"]
     if full and config_name == "tutorial":
@@ -206,7 +213,7 @@ def variants(config_name, full=True):
 
 
 # The plain-PyTorch variants every other variant's speed is given against (in the JSON and the report's columns)
-PYTORCH_REFERENCES = ("pytorch", "pytorch-bf16", "pytorch-bf16-compiled")
+PYTORCH_REFERENCES = ("pytorch", "pytorch-bf16", "pytorch-bf16-float32-lstm", "pytorch-bf16-compiled")
 
 
 # ---- timing --------------------------------------------------------------------------------------------
@@ -449,6 +456,7 @@ def main(argv=None):
     parser.add_argument("--memory-steps", type=int, default=4,
                         help="training steps in each peak-memory subprocess (0 = skip the memory measurement)")
     parser.add_argument("--variants", help="comma-separated subset of lstmlm, lstmlm-float32, pytorch, pytorch-bf16, "
+                        "pytorch-bf16-float32-lstm, "
                         "keras-tutorial (default: all this CPU runs natively), and the torch.compile ones: "
                         "lstmlm-compiled, pytorch-compiled, pytorch-bf16-compiled")
     parser.add_argument("--profile", action="store_true", help="also torch.profiler's top ops of each step")

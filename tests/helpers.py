@@ -42,6 +42,22 @@ def write_corpus(directory, train_sentences=300, other_sentences=30):
     return paths
 
 
+def zipf_text(vocabulary_size, num_words, structure, seed=0, words_per_line=20):
+    """Random text over `vocabulary_size` words `w0 w1 ...`: each word is Zipf(1)-distributed, except that with
+    probability `structure` it is a fixed function of the word before (a permutation), so an LSTM has something
+    to learn beyond the unigram. PTB-like in the ways that matter to training dynamics: a large vocabulary, a
+    long-tailed unigram, weak local structure."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, vocabulary_size + 1)
+    draws = rng.choice(vocabulary_size, size=num_words, p=p / p.sum())
+    follows, keep = rng.permutation(vocabulary_size), rng.random(num_words) < structure
+    words, word = [], 0
+    for index in range(num_words):
+        word = follows[word] if keep[index] else draws[index]
+        words.append(f"w{word}")
+    return "".join(" ".join(words[i:i + words_per_line]) + "\n" for i in range(0, num_words, words_per_line))
+
+
 def tiny_config(paths, **overrides):
     """The smallest sensible Config on the toy corpus (2 layers of 16 units)."""
     from lstmlm.config import Config

@@ -28,7 +28,8 @@ from lstmlm.regularization import weight_drop as drop_weights
 
 
 def lstm_loop(inputs, h, c, kernel, recurrent_kernel, bias):
-    """The equations above, one time step at a time, in keras.ops (any backend).
+    """The equations above, one time step at a time, in keras.ops (any backend); the products in the
+    ambient precision (bfloat16 under autocast), the gates and the state always in float32.
 
     Args:
         inputs: (batch, time, input_dim); h, c: (batch, units).
@@ -39,7 +40,9 @@ def lstm_loop(inputs, h, c, kernel, recurrent_kernel, bias):
     outputs = []
     for t in range(inputs.shape[1]):
         z = projected[:, t] + ops.matmul(h, recurrent_kernel)  # (batch, 4 * units)
-        i, f, g, o = ops.split(z, 4, axis=-1)
+        # The gates and the state in float32 even when the products ran in bfloat16 (autocast): a gate's
+        # derivative s * (1 - s) must not round to 0 when it saturates (torch_backend.float32_lstm says why).
+        i, f, g, o = ops.split(ops.cast(z, "float32"), 4, axis=-1)
         i, f, g, o = ops.sigmoid(i), ops.sigmoid(f), ops.tanh(g), ops.sigmoid(o)
         c = c * f + g * i
         h = ops.tanh(c) * o

@@ -19,6 +19,8 @@ from lstmlm import torch_backend
 from lstmlm.errors import LstmlmError
 
 PRECISIONS = ("auto", "float32", "bfloat16", "int8")
+# Optimizers that divide each parameter's step by its own running gradient size (see training_lstm_precision).
+ADAPTIVE_OPTIMIZERS = ("adam", "adamw")
 
 
 def inference_precision(requested=None, saved="auto"):
@@ -49,3 +51,21 @@ def inference_precision(requested=None, saved="auto"):
     if choice == "int8" and not torch_backend.is_torch():
         raise LstmlmError("--precision int8 needs the torch backend (KERAS_BACKEND=torch)")
     return choice
+
+
+def training_lstm_precision(precision, optimizer):
+    """The precision of the fused LSTM in a training step that runs in `precision`.
+
+    bfloat16 training runs the embedding, the softmax layer and the loss in bfloat16; the LSTM too with SGD, but
+    in float32 with an adaptive optimizer (Adam, AdamW): oneDNN's bfloat16 LSTM rounds a saturated gate's
+    derivative to exactly 0, and Adam turns the tiny true gradients it loses into full-size steps
+    (torch_backend.float32_lstm; issue 23). With SGD the bfloat16 LSTM trains within rounding of float32
+    (tests/test_training.py, docs/runs/bfloat16-training.md) and runs ~20% faster.
+
+    Example:
+        >>> training_lstm_precision("bfloat16", "adam"), training_lstm_precision("bfloat16", "sgd")
+        ('float32', 'bfloat16')
+    """
+    if precision == "bfloat16" and optimizer in ADAPTIVE_OPTIMIZERS:
+        return "float32"
+    return precision

@@ -21,6 +21,9 @@ import keras
 # a weight that is not in `transposed_storage` order is transposed to torch's layout once instead of on every step.
 # Not keyed on tensor versions: torch's fused optimizers update parameters in place without bumping `_version`.
 _cache = None
+# Inside `float32_lstm()`: the fused LSTM runs in float32 even under bfloat16 autocast (see there).
+_float32_lstm = False
+
 
 def is_torch():
     return keras.backend.backend() == "torch"
@@ -42,8 +45,20 @@ def fused_lstm(inputs, h, c, kernel, recurrent_kernel, bias, training):
     """
     import torch
 
+    if _float32_lstm and torch.is_autocast_enabled(inputs.device.type):
+        with torch.autocast(inputs.device.type, enabled=False):
+            return fused_lstm(inputs.float(), h.float(), c.float(), kernel, recurrent_kernel, bias, training)
     inference = not torch.is_grad_enabled()
     weights = [_torch_layout(kernel), _torch_layout(recurrent_kernel), bias, torch.zeros_like(bias)]
+    autocast_dtype = torch.get_autocast_dtype(inputs.device.type)
+    if (inputs.device.type == "cpu" and torch.is_autocast_enabled("cpu") and autocast_dtype == torch.bfloat16
+            and not _onednn_bfloat16_lstm()):
+        # A CPU without bfloat16 units (AVX2): oneDNN has no bfloat16 LSTM there, torch's own kernel computes it
+        # (slowly) from explicitly cast tensors, so the bfloat16 path runs, and is tested, on every CPU.
+        inputs, h, c, *weights = (t.to(autocast_dtype) for t in (inputs, h, c, *weights))
+        with native_lstm():
+            outputs, h, c = torch.lstm(inputs, (h[None], c[None]), weights, True, 1, 0.0, training, False, True)
+        return outputs, h[0], c[0]
     if inference and inputs.shape[1] == 1:
         # One time step (incremental generation): oneDNN's per-call set-up costs more than the step itself
         # (measured 1.5 ms vs 0.25 ms for 2x500 at batch 1), so use torch's native kernel.
@@ -52,6 +67,21 @@ def fused_lstm(inputs, h, c, kernel, recurrent_kernel, bias, training):
     else:
         outputs, h, c = torch.lstm(inputs, (h[None], c[None]), weights, True, 1, 0.0, training, False, True)
     return outputs, h[0], c[0]
+
+
+@functools.cache
+def _onednn_bfloat16_lstm():
+    """True where oneDNN runs a bfloat16 LSTM (a CPU with avx512_bf16 / AMX, or AVX-512 emulation)."""
+    import torch
+
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            weights = [torch.zeros(8, 2), torch.zeros(8, 2), torch.zeros(8), torch.zeros(8)]
+            torch.lstm(torch.zeros(1, 1, 2), (torch.zeros(1, 1, 2), torch.zeros(1, 1, 2)), weights, True, 1, 0.0,
+                       False, False, True)
+        return True
+    except RuntimeError:
+        return False
 
 
 @contextlib.contextmanager
@@ -157,6 +187,27 @@ def precision_context(precision):
 
         return torch.autocast(device_type(), dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def float32_lstm(enabled=True):
+    """Within this block (if `enabled`) `fused_lstm` runs in float32 under bfloat16 autocast; the rest of the
+    model (embedding, dropout, softmax layer, loss) stays in bfloat16.
+
+    Why: oneDNN's bfloat16 LSTM keeps its gate activations in bfloat16, and a saturated gate's sigmoid
+    rounds to exactly 1.0 (or tanh to +-1), so its derivative s * (1 - s) is exactly 0 where float32 keeps a tiny,
+    true value. An adaptive optimizer (Adam) rescales every parameter's gradient by its own running size, so it
+    turns those tiny gradients into full-size steps: with them lost, bfloat16 + Adam learned far less than
+    float32 (issue 23: PTB's LSTM gradients 10^3-10^4 times smaller after 100 steps of the tiny preset). SGD
+    steps are proportional to the gradient, so the lost tiny gradients were tiny steps either way: the precision
+    module (precision.py) turns this on for adaptive optimizers only.
+    """
+    global _float32_lstm
+    previous, _float32_lstm = _float32_lstm, bool(enabled)
+    try:
+        yield
+    finally:
+        _float32_lstm = previous
 
 
 def repackage_hidden(states):

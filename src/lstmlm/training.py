@@ -48,6 +48,7 @@ from lstmlm.machine import cpu_info
 from lstmlm.metrics import perplexity
 from lstmlm.model import build_model
 from lstmlm.optimizer import load_optimizer_state, make_optimizer, optimizer_state
+from lstmlm.precision import training_lstm_precision
 from lstmlm.progress import Progress
 from lstmlm.schedule import learning_rate
 
@@ -89,6 +90,7 @@ class Trainer:
 
     def __init__(self, config, model, precision):
         self.config, self.model, self.precision = config, model, precision
+        self.lstm_precision = training_lstm_precision(precision, config.optimizer)
         self.device = torch_backend.device_type()
         self.parameters = [v.value for v in model.trainable_variables]
         self.optimizer = make_optimizer(config, self.parameters)
@@ -146,7 +148,8 @@ def train_step(trainer, x, y, states):
     x = torch.as_tensor(x, dtype=torch.long, device=trainer.device)  # (batch, time)
     y = torch.as_tensor(y, dtype=torch.long, device=trainer.device).reshape(-1)  # (batch * time,)
     adaptive = trainer.model.softmax == "adaptive"
-    with torch_backend.precision_context(trainer.precision):
+    with torch_backend.precision_context(trainer.precision), \
+            torch_backend.float32_lstm(trainer.lstm_precision == "float32"):
         if adaptive:  # the same exact loss, computing only each target's cluster (adaptive_softmax.py)
             target_log_probs, hits, new_states = trainer.forward_targets(x, y, states, training=True)
         else:
