@@ -69,8 +69,8 @@ class Variant:
         import keras
 
         from lstmlm import torch_backend
-        from lstmlm.model import build_model
-        from lstmlm.training import EpochProgress, Trainer
+        from lstmlm.model.lstm_language_model import build_model
+        from lstmlm.training.loop import EpochProgress, Trainer
 
         keras.utils.set_random_seed(config.seed)
         model = build_model(config, vocabulary_size)
@@ -81,7 +81,7 @@ class Variant:
 
     def step(self, timed=True):
         from lstmlm import torch_backend
-        from lstmlm.training import train_step
+        from lstmlm.training.loop import train_step
 
         x, y = self.batches[self.index % len(self.batches)]
         self.index += 1
@@ -127,8 +127,8 @@ def time_training(base, vocabulary_size, batches, warmup, steps, repeats, varian
 def throughput(args, log=print):
     import torch
 
-    from lstmlm.batches import stream_batches
-    from lstmlm.corpus import load_corpus
+    from lstmlm.data.batches import stream_batches
+    from lstmlm.data.corpus import load_corpus
     from lstmlm.presets import preset
 
     torch.set_num_threads(args.threads)

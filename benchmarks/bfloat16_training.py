@@ -50,7 +50,8 @@ def cut(split, lines, folder):
 
 def train_one(preset_name, overrides, train_path, valid_path, variant, out, seed=1):
     """Train one variant; returns its history rows."""
-    from lstmlm import precision, torch_backend, training
+    from lstmlm import precision, torch_backend
+    from lstmlm.training import loop as training
     from lstmlm.presets import preset
     from lstmlm.run_directory import read_history
 

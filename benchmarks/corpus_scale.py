@@ -10,7 +10,7 @@ has N tokens, valid and test N/100 each; words are drawn with p(rank) ~ 1/rank o
 vocabulary size), lines are ~20 words long. Every load runs in a fresh subprocess that reports its own peak RSS
 (VmHWM from /proc/self/status), in these modes:
 
-    imports   `import lstmlm.corpus` (without lstmlm/__init__.py's Keras and torch) and nothing else: the baseline
+    imports   `import lstmlm.data.corpus` (without lstmlm/__init__.py's Keras and torch) and nothing else: the baseline
     old       the loader before issue 7 (copied below): whole file -> str -> list of words per split, Counter,
               a list of ids per split, then int32 arrays
     new       load_corpus with an empty cache: one streamed pass counts and encodes train, one encodes each of
@@ -110,7 +110,7 @@ def old_read_words(path):
 
 def old_load_corpus(paths, max_size):
     """corpus.load_corpus before issue 7: every split as a list of words, Vocabulary.build on train's list."""
-    from lstmlm.vocabulary import Vocabulary
+    from lstmlm.data.vocabulary import Vocabulary
 
     words = {split: old_read_words(path) for split, path in paths.items()}
     vocabulary = Vocabulary.build(words["train"], max_size)
@@ -151,7 +151,7 @@ def import_loader_only():
 def measure(mode, paths, cache):
     import_loader_only()
     from lstmlm.config import Config
-    from lstmlm.corpus import load_corpus
+    from lstmlm.data.corpus import load_corpus
 
     imports_rss = peak_rss_bytes()
     config = Config(train=str(paths["train"]), valid=str(paths["valid"]), test=str(paths["test"]),

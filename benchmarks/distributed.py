@@ -97,7 +97,7 @@ def measured(out, started, load_before):
 
 # ---- the two variants --------------------------------------------------------------------------------------------
 def one_process(preset_name, files, threads, out, log):
-    from lstmlm.training import train
+    from lstmlm.training.loop import train
 
     started, load_before = time.time(), load()
     train(run_config(preset_name, files, threads), out=out, log=log, progress=False,
@@ -128,9 +128,9 @@ def processes(preset_name, files, count, out, result, comm_steps, comm_repeats, 
 # ---- inside each of the N processes ------------------------------------------------------------------------------
 def worker(spec_path):
     import lstmlm  # noqa: F401
-    from lstmlm import distributed
+    from lstmlm.training import distributed
     from lstmlm.config import Config
-    from lstmlm.training import train
+    from lstmlm.training.loop import train
 
     spec = json.loads(Path(spec_path).read_text())
     distributed.init()
@@ -151,9 +151,11 @@ def communication(config, steps, repeats):
     import torch
     import torch.distributed as dist
 
-    from lstmlm import distributed, torch_backend
-    from lstmlm.model import build_model
-    from lstmlm.training import Trainer, train_step
+    from lstmlm import torch_backend
+
+    from lstmlm.training import distributed
+    from lstmlm.model.lstm_language_model import build_model
+    from lstmlm.training.loop import Trainer, train_step
 
     keras.utils.set_random_seed(config.seed)
     trainer = Trainer(config, build_model(config, VOCABULARY), torch_backend.resolve_precision(config.precision))

@@ -37,10 +37,10 @@ def prepare(directory, config, train_steps, tokens, log=print):
     import numpy as np
 
     from lstmlm import torch_backend
-    from lstmlm.batches import stream_batches
-    from lstmlm.corpus import load_corpus
-    from lstmlm.model import build_model
-    from lstmlm.training import Trainer, train_step
+    from lstmlm.data.batches import stream_batches
+    from lstmlm.data.corpus import load_corpus
+    from lstmlm.model.lstm_language_model import build_model
+    from lstmlm.training.loop import Trainer, train_step
 
     corpus = load_corpus(config)
     keras.utils.set_random_seed(config.seed)
@@ -71,7 +71,7 @@ def child(directory, precision, threads):
     import torch
 
     import lstmlm  # noqa: F401  (registers the custom Keras classes)
-    from lstmlm.evaluate import evaluate_ids
+    from lstmlm.inference.evaluate import evaluate_ids
     from lstmlm.run_directory import load_keras_model
 
     if threads:

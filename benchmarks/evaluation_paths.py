@@ -28,8 +28,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     import lstmlm
-    from lstmlm.corpus import read_split
-    from lstmlm.evaluate import evaluate_ids
+    from lstmlm.data.corpus import read_split
+    from lstmlm.inference.evaluate import evaluate_ids
 
     model = lstmlm.load(args.run_dir)
     ids, _ = read_split(model.config, args.split, model.vocabulary)

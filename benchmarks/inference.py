@@ -36,11 +36,11 @@ import numpy as np
 
 import lstmlm
 from lstmlm import torch_backend
-from lstmlm.language_model import LanguageModel
+from lstmlm.inference.language_model import LanguageModel
 from lstmlm.machine import describe
 from lstmlm.run_directory import Run
-from lstmlm.samplers import RandomSampler, sample_rows
-from lstmlm.vocabulary import Vocabulary
+from lstmlm.inference.samplers import RandomSampler, sample_rows
+from lstmlm.data.vocabulary import Vocabulary
 
 WORDS = [f"w{i}" for i in range(9998)]
 
@@ -96,7 +96,7 @@ def measure_onnx(model, calls, repeats, num_words, samples, threads):
     """The exported step model in onnxruntime, driven from numpy like lstmlm drives its step model."""
     import onnxruntime
 
-    from lstmlm.export import export_onnx
+    from lstmlm.inference.export import export_onnx
 
     with tempfile.TemporaryDirectory() as folder:
         export_onnx(model, folder)

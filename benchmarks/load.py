@@ -49,7 +49,7 @@ TOY_SENTENCES = ["the cat sat on the mat", "the dog ate the bone", "a bird sang 
 def train_tiny(folder):
     """A one-epoch toy run directory (the tests' recipe), for measuring the server rather than the model."""
     from lstmlm.presets import preset
-    from lstmlm.training import train
+    from lstmlm.training.loop import train
 
     rng = random.Random(0)
     for name, lines in (("train", 300), ("valid", 40)):

@@ -19,9 +19,9 @@ What this version adds for the race (the peer itself has none of it):
     epoch, the partial epoch's model is validated too (`--partial-epoch validate`, the default; lstmlm likewise
     validates after its budget) and kept if it is the best. `--partial-epoch discard` does what the peer does on
     Ctrl-C instead: the partial epoch is thrown away (if no epoch finished, the final model is used).
-  - the vocabulary and ids come from lstmlm's own corpus code (`lstmlm.corpus.load_corpus`), so both sides of the
+  - the vocabulary and ids come from lstmlm's own corpus code (`lstmlm.data.corpus.load_corpus`), so both sides of the
     race see identical ids; the peer would number words in order of appearance over all three splits.
-  - the final report is exact, computed the way lstmlm.evaluate counts: the split read as ONE stream at batch 1,
+  - the final report is exact, computed the way lstmlm.inference.evaluate counts: the split read as ONE stream at batch 1,
     the state carried through the whole text, the text preceded by `<eos>` so its first word is predicted, every
     token counted (PTB test: 82,430 tokens). It runs after the budget and is timed separately.
     (The peer reports test perplexity on 10 streams, trimmed to a multiple of 10.)
@@ -57,7 +57,7 @@ def lstmlm_corpus(data="ptb", train=None, valid=None, test=None, max_vocabulary_
     `max_vocabulary_size` 0 keeps every training word.
     """
     from lstmlm.config import Config
-    from lstmlm.corpus import load_corpus
+    from lstmlm.data.corpus import load_corpus
 
     fields = {f.name for f in dataclasses.fields(Config)}
     if "max_vocabulary_size" in fields:
@@ -151,7 +151,7 @@ def evaluate_stream(model, stream, chunk_length=35):
 
 def evaluate_exact(model, ids, eos_id, device="cpu", chunk_length=256):
     """lstmlm's count: the split as one stream (batch 1), preceded by `<eos>` (when the vocabulary has it) so
-    its first word is predicted too; every token counted. Returns a dict like lstmlm.evaluate's."""
+    its first word is predicted too; every token counted. Returns a dict like lstmlm.inference.evaluate's."""
     started = time.perf_counter()
     prefix = [] if eos_id is None else [eos_id]
     stream = torch.as_tensor(np.concatenate([prefix, np.asarray(ids)]), dtype=torch.long, device=device)

@@ -12,7 +12,7 @@ import json
 import statistics
 import sys
 
-from lstmlm.language_model import load
+from lstmlm.inference.language_model import load
 from lstmlm.machine import cpu_info
 
 

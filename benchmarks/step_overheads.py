@@ -32,7 +32,7 @@ def pieces(precision):
     import torch
 
     from lstmlm import torch_backend
-    from lstmlm.model import build_model
+    from lstmlm.model.lstm_language_model import build_model
     from lstmlm.presets import preset
 
     autocast = torch_backend.precision_context(precision)

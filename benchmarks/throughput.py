@@ -94,9 +94,9 @@ class LstmlmStep:
         import keras
 
         from lstmlm import torch_backend
-        from lstmlm.model import build_model
+        from lstmlm.model.lstm_language_model import build_model
         from lstmlm.presets import preset
-        from lstmlm.training import EpochProgress, Trainer
+        from lstmlm.training.loop import EpochProgress, Trainer
 
         self.config = preset(config_name, precision=precision)
         keras.utils.set_random_seed(self.config.seed)
@@ -114,7 +114,7 @@ class LstmlmStep:
             self.name += " compiled"
 
     def step(self, x, y):
-        from lstmlm.training import train_epoch
+        from lstmlm.training.loop import train_epoch
 
         self.batches.append((x, y))
         before = self.progress.loss.item()

@@ -44,7 +44,7 @@ def window_scores(model, ids):
     import numpy as np
     import torch
 
-    from lstmlm.batches import WindowBatches
+    from lstmlm.data.batches import WindowBatches
 
     config, step = model.config, model.step_model
     batches = WindowBatches(ids, config.batch_size, config.num_steps, config.skip_step or config.num_steps)
@@ -68,7 +68,7 @@ def measure(run_dir, epochs, splits, precision=None, log=print):
     import csv
 
     import lstmlm
-    from lstmlm.corpus import read_split
+    from lstmlm.data.corpus import read_split
     from lstmlm.machine import cpu_info
 
     history = {}
@@ -123,8 +123,8 @@ def quick(log=print):
     import numpy as np
 
     import lstmlm
-    from lstmlm.batches import WindowBatches
-    from lstmlm.corpus import read_split
+    from lstmlm.data.batches import WindowBatches
+    from lstmlm.data.corpus import read_split
 
     with tempfile.TemporaryDirectory() as directory:
         words = "the cat sat on the mat and the dog sat on the log".split()

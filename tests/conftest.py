@@ -11,7 +11,7 @@ import shutil
 import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
-# The corpus cache (lstmlm.corpus_cache) goes to a scratch folder removed at exit, for this process and the
+# The corpus cache (lstmlm.data.corpus_cache) goes to a scratch folder removed at exit, for this process and the
 # CLI subprocesses it starts: the suite never writes into the user's home and never reads a stale cache there.
 _CORPUS_CACHE = tempfile.mkdtemp(prefix="lstmlm-test-cache-")
 atexit.register(shutil.rmtree, _CORPUS_CACHE, True)
@@ -41,7 +41,7 @@ def toy_corpus(tmp_path_factory):
 def tiny_run(toy_corpus, tmp_path_factory):
     """A run directory trained for 3 epochs on the toy corpus (2 layers of 16 units), with TensorBoard logs
     when the package is installed. Tests must not modify it (copy it first)."""
-    from lstmlm.training import train
+    from lstmlm.training.loop import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     lines = []
@@ -53,7 +53,7 @@ def tiny_run(toy_corpus, tmp_path_factory):
 @pytest.fixture(scope="session")
 def loaded_tiny(tiny_run):
     """The tiny run loaded as a LanguageModel (shared, read-only)."""
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     return load(tiny_run)
 
@@ -67,8 +67,8 @@ def server_url(tiny_run):
     """
     pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
     pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
-    from lstmlm.language_model import load
-    from lstmlm.server import create_app
+    from lstmlm.inference.language_model import load
+    from lstmlm.serving.server import create_app
 
     with serving(create_app(load(tiny_run))) as url:
         yield url

@@ -1,4 +1,4 @@
-"""One rank of a data-parallel test: runs `lstmlm.training.train` jobs from a JSON file, optionally with a fault.
+"""One rank of a data-parallel test: runs `lstmlm.training.loop.train` jobs from a JSON file, optionally with a fault.
 
 Started by torchrun (`python -m torch.distributed.run --standalone --nproc-per-node 2 distributed_worker.py
 JOBS.json`) or by hand with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set. One launch runs several jobs, so
@@ -20,8 +20,8 @@ import sys
 import time
 
 import lstmlm  # noqa: F401  (registers the Keras classes)
-from lstmlm import distributed
-from lstmlm import training
+from lstmlm.training import distributed
+from lstmlm.training import loop as training
 from lstmlm.config import Config
 from lstmlm.errors import LstmlmError
 

@@ -103,7 +103,7 @@ def tensorboard_installed():
 @contextlib.contextmanager
 def serving(app):
     """Serve a FastAPI app with uvicorn in a thread on a free loopback port; yields the base URL."""
-    from lstmlm.server import listen, make_server
+    from lstmlm.serving.server import listen, make_server
 
     sock = listen("127.0.0.1", 0)
     server = make_server(app, log_level="warning")

@@ -18,14 +18,14 @@ from helpers import tiny_config, tree_digest
 from keras import ops
 
 from lstmlm import run_directory as rd
-from lstmlm import training as train_module
-from lstmlm.adaptive_softmax import AdaptiveInput, AdaptiveSoftmax, parse_cutoffs, resolve_cutoffs
-from lstmlm.batches import num_stream_batches
+from lstmlm.training import loop as train_module
+from lstmlm.model.adaptive_softmax import AdaptiveInput, AdaptiveSoftmax, parse_cutoffs, resolve_cutoffs
+from lstmlm.data.batches import num_stream_batches
 from lstmlm.cli import main
 from lstmlm.config import Config
 from lstmlm.errors import LstmlmError
-from lstmlm.model import LSTMLanguageModel, build_model
-from lstmlm.training import HISTORY_FIELDS, Trainer, train, train_step
+from lstmlm.model.lstm_language_model import LSTMLanguageModel, build_model
+from lstmlm.training.loop import HISTORY_FIELDS, Trainer, train, train_step
 
 torch = pytest.importorskip("torch")
 
@@ -255,7 +255,7 @@ def test_tied_adaptive_input_shares_the_softmax_weights_and_is_smaller():
         looked_up = numpy(tied.embedding(ops.convert_to_tensor(np.arange(VOCAB)[None], dtype="int32"))[0])
     np.testing.assert_allclose(looked_up, table, rtol=1e-6, atol=1e-7)
     # the gate inspector reads the table like an Embedding's
-    from lstmlm.gates import trace_gates
+    from lstmlm.analysis.gates import trace_gates
 
     assert trace_gates(tied, [1, 9, 30])[0]["forget_gate"].shape == (3, 12)
 
@@ -338,7 +338,7 @@ def entries(result):
 
 
 def test_predict_generate_score_and_evaluate_on_an_adaptive_run(adaptive_run):
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     out, _ = adaptive_run
     model = load(out)
@@ -360,8 +360,8 @@ def test_predict_generate_score_and_evaluate_on_an_adaptive_run(adaptive_run):
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
     assert 0 < result["accuracy"] <= result["top5_accuracy"] <= 1
     # the same numbers as the model's own forward pass (the step model runs the adaptive layer itself)
-    from lstmlm.corpus import read_split
-    from lstmlm.evaluate import evaluate_ids
+    from lstmlm.data.corpus import read_split
+    from lstmlm.inference.evaluate import evaluate_ids
 
     ids, _ = read_split(model.config, "test", model.vocabulary)
     assert evaluate_ids(model.model, ids, model.vocabulary)["loss"] == pytest.approx(result["loss"], rel=1e-5)
@@ -370,7 +370,7 @@ def test_predict_generate_score_and_evaluate_on_an_adaptive_run(adaptive_run):
 @pytest.mark.parametrize("precision", ["bfloat16", "int8"])
 def test_an_adaptive_run_loads_in_every_inference_precision(adaptive_run, precision):
     """bfloat16 / int8 LSTM products, the adaptive softmax in float32: still a distribution, close to float32."""
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     out, _ = adaptive_run
     exact, model = load(out, precision="float32"), load(out, precision=precision)
@@ -389,7 +389,7 @@ def test_an_adaptive_run_saved_with_precision_auto_loads_without_a_flag(adaptive
     the CPU has it: predict / evaluate must then work without --precision (the LSTM in bfloat16)."""
     import shutil
 
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     out, _ = adaptive_run
     copy = tmp_path / "auto"
@@ -423,10 +423,10 @@ def test_cli_rejects_bad_cutoffs_before_writing_anything(toy_corpus, tmp_path, c
 def test_an_adaptive_run_gives_the_same_numbers_on_jax(adaptive_run, toy_corpus):
     """The layer is keras.ops only: the torch-trained run predicts and evaluates identically on JAX."""
     pytest.importorskip("jax")
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     out, _ = adaptive_run
-    script = ("import json, sys, keras, lstmlm\nfrom lstmlm.language_model import load\nm = load(sys.argv[1])\n"
+    script = ("import json, sys, keras, lstmlm\nfrom lstmlm.inference.language_model import load\nm = load(sys.argv[1])\n"
               "print(json.dumps({'backend': keras.backend.backend(), 'next': m.predict_next('the cat', 5),"
               " 'perplexity': m.evaluate(file=sys.argv[2])['perplexity']}))")
     done = subprocess.run([sys.executable, "-c", script, str(out), str(toy_corpus["test"])], capture_output=True,

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason=
 SCRIPT = """
 import json, sys
 import keras, lstmlm
-from lstmlm.language_model import load
+from lstmlm.inference.language_model import load
 model = load(sys.argv[1])
 print(json.dumps({"backend": keras.backend.backend(),
                   "next": model.predict_next("the cat sat on", top_k=5)["predictions"],

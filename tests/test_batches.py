@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lstmlm.batches import WindowBatches, num_stream_batches, stream_batches
+from lstmlm.data.batches import WindowBatches, num_stream_batches, stream_batches
 from lstmlm.errors import LstmlmError
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import throughput  # noqa: E402
 
 from lstmlm import torch_backend  # noqa: E402
-from lstmlm import training  # noqa: E402
+from lstmlm.training import loop as training  # noqa: E402
 from lstmlm.machine import cpu_info  # noqa: E402
 
 

@@ -57,7 +57,7 @@ def test_train_writes_a_run_and_reports(cli_run):
 
 def test_evaluate_json(cli_run, capsys, toy_corpus):
     """`evaluate --json` prints the library's result dict, every key of it."""
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     out = cli_run[0]
     status, stdout, _ = run_cli(capsys, "evaluate", out, "--json")
@@ -84,7 +84,7 @@ def test_evaluate_json(cli_run, capsys, toy_corpus):
 
 
 def test_predict_text_json(cli_run, capsys):
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     status, stdout, stderr = run_cli(capsys, "predict", cli_run[0], "--text", "the cat", "--top-k", "4", "--json")
     assert status == 0 and stderr == ""
@@ -109,7 +109,7 @@ def test_predict_split_report(cli_run, capsys):
     predicted = next(line for line in lines if line.startswith("Predicted words: "))
     assert len(actual.split()) == 2 + 3 and len(predicted.split()) == 2 + 3
     # the actual words are test words 8, 9, 10 (num_steps 8, skip 0)
-    from lstmlm.tokenizer import read_words
+    from lstmlm.data.tokenizer import read_words
 
     test_words = read_words(Path(json.loads((cli_run[0] / "config.json").read_text())["config"]["test"]))
     assert actual.split()[2:] == test_words[8:11]
@@ -136,7 +136,7 @@ def test_generate_with_seed(cli_run, capsys):
 
 
 def test_generate_defaults_to_default_num_words(cli_run, capsys):
-    from lstmlm.language_model import DEFAULT_NUM_WORDS
+    from lstmlm.inference.language_model import DEFAULT_NUM_WORDS
 
     status, stdout, _ = run_cli(capsys, "generate", cli_run[0], "--temperature", "0", "--json")
     assert status == 0 and DEFAULT_NUM_WORDS == 30 and len(json.loads(stdout)["words"]) == DEFAULT_NUM_WORDS

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lstmlm.cli import main
-from lstmlm.language_model import load
+from lstmlm.inference.language_model import load
 
 
 def run_cli(capsys, *argv):
@@ -98,7 +98,7 @@ def test_epoch_loads_that_epochs_checkpoint_for_evaluate_and_predict(tiny_run, c
     assert results[1]["loss"] != pytest.approx(results[3]["loss"], abs=1e-3)
     status, out, _ = run_cli(capsys, "predict", tiny_run, "--split", "test", "--skip", 0, "--epoch", 1, "--json")
     assert status == 0
-    from lstmlm.corpus import read_split
+    from lstmlm.data.corpus import read_split
 
     model = load(tiny_run, epoch=1)
     ids, _ = read_split(model.config, "test", model.vocabulary)

@@ -8,13 +8,13 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from lstmlm import corpus as corpus_module
-from lstmlm import tokenizer
+from lstmlm.data import corpus as corpus_module
+from lstmlm.data import tokenizer
 from lstmlm.config import Config
-from lstmlm.corpus import encode_file, load_corpus, read_split
+from lstmlm.data.corpus import encode_file, load_corpus, read_split
 from lstmlm.errors import LstmlmError
-from lstmlm.tokenizer import EOS, UNK, read_words, words_of_text
-from lstmlm.vocabulary import Vocabulary
+from lstmlm.data.tokenizer import EOS, UNK, read_words, words_of_text
+from lstmlm.data.vocabulary import Vocabulary
 
 
 def tutorial_read_words(text):

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstmlm import corpus as corpus_module
+from lstmlm.data import corpus as corpus_module
 from lstmlm.config import Config
-from lstmlm.corpus import load_corpus
-from lstmlm.corpus_cache import FORMAT, cache_directory
+from lstmlm.data.corpus import load_corpus
+from lstmlm.data.corpus_cache import FORMAT, cache_directory
 from lstmlm.errors import LstmlmError
 
 FOLDER = f"corpus-v{FORMAT}"
@@ -192,7 +192,7 @@ def test_temporary_files_of_killed_runs_are_removed(corpus_files, tmp_path):
 
 
 def test_a_full_disk_is_a_one_line_error(corpus_files, tmp_path, monkeypatch):
-    from lstmlm import id_arrays
+    from lstmlm.data import id_arrays
 
     def disk_full(self, ids):
         raise OSError(28, "No space left on device")

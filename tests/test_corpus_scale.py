@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import corpus_scale  # noqa: E402
 
-from lstmlm.corpus_cache import FORMAT  # noqa: E402
+from lstmlm.data.corpus_cache import FORMAT  # noqa: E402
 
 
 def test_zipf_text_is_reproducible_with_the_requested_token_count(tmp_path):
@@ -34,7 +34,7 @@ def test_loading_a_corpus_imports_neither_keras_nor_torch():
     """The benchmark's baseline (and any data-only tool) relies on it; config.py once pulled Keras in through
     the adaptive softmax's --cutoffs parser, raising the baseline from ~35 MB to ~500 MB and making it noisy."""
     code = ("import sys; sys.path.insert(0, 'benchmarks'); import corpus_scale; corpus_scale.import_loader_only(); "
-            "import lstmlm.config, lstmlm.corpus, lstmlm.corpus_cache; "
+            "import lstmlm.config, lstmlm.data.corpus, lstmlm.data.corpus_cache; "
             "print(sorted(m for m in ('keras', 'torch') if m in sys.modules))")
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root / "src")}

@@ -261,7 +261,7 @@ def test_read_state_of_a_finished_run(run):
 
 def test_read_state_of_an_interrupted_run(toy_corpus, tmp_path, monkeypatch, capsys):
     """Ctrl-C mid-epoch writes the LSTM states too; read_state loads them, one (h, c) pair per layer."""
-    from lstmlm import training
+    from lstmlm.training import loop as training
     from test_errors import train_argv
 
     calls, real_step = [], training.train_step

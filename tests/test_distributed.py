@@ -22,11 +22,11 @@ import pytest
 from conftest import tiny_config
 
 from lstmlm import cli
-from lstmlm import distributed
+from lstmlm.training import distributed
 from lstmlm import run_directory as rd
-from lstmlm import training as train_module
+from lstmlm.training import loop as train_module
 from lstmlm.config import Config
-from lstmlm.training import HISTORY_FIELDS, train
+from lstmlm.training.loop import HISTORY_FIELDS, train
 
 torch = pytest.importorskip("torch")
 if not torch.distributed.is_available():  # pragma: no cover
@@ -304,7 +304,7 @@ def test_torchrun_trains_the_tiny_preset_then_one_process_evaluates_and_predicts
     assert results["ddp"]["tokens"] == results["single"]["tokens"] == 187
     assert results["ddp"]["loss"] == pytest.approx(results["single"]["loss"], abs=1e-5)
     assert results["ddp"]["loss"] == pytest.approx(read_history(tmp_path / "ddp")[0]["valid_loss"], abs=1e-5)
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     predictions = [_probabilities(load(out).predict_next("the cat", top_k=5)) for out in (tmp_path / "ddp", single)]
     assert list(predictions[0]) == list(predictions[1]) and len(predictions[0]) == 5

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from lstmlm.cli import main
-from lstmlm.download import download
+from lstmlm.data.download import download
 from lstmlm.errors import LstmlmError
 
 TEXT = "".join(f" the cat sat on mat number {i % 7}\n" for i in range(400)).encode()

@@ -6,8 +6,8 @@ import shutil
 import pytest
 from helpers import tree_digest
 
-from lstmlm import corpus as corpus_module
-from lstmlm import training as train_module
+from lstmlm.data import corpus as corpus_module
+from lstmlm.training import loop as train_module
 from lstmlm.cli import main
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from keras import ops
 
-from lstmlm.evaluate import evaluate_ids
-from lstmlm.model import LSTMLanguageModel
-from lstmlm.tokenizer import EOS
-from lstmlm.vocabulary import Vocabulary
+from lstmlm.inference.evaluate import evaluate_ids
+from lstmlm.model.lstm_language_model import LSTMLanguageModel
+from lstmlm.data.tokenizer import EOS
+from lstmlm.data.vocabulary import Vocabulary
 
 torch = pytest.importorskip("torch")
 
@@ -127,7 +127,7 @@ def test_run_trained_in_bfloat16_evaluates_on_a_machine_without_it(tiny_run, tmp
     import shutil
 
     from lstmlm import torch_backend
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     if torch_backend.bfloat16_supported():
         pytest.skip("this machine has native bfloat16")
@@ -147,8 +147,8 @@ def test_bfloat16_evaluation_runs_training_s_validation_path(tiny_run):
     path, 3-4x faster than the step model's per-word loop): exactly evaluate_ids on the Keras model, and within
     bfloat16's rounding of the step model's figures."""
     from lstmlm import torch_backend
-    from lstmlm.corpus import read_split
-    from lstmlm.language_model import load
+    from lstmlm.data.corpus import read_split
+    from lstmlm.inference.language_model import load
 
     if not (torch_backend.is_torch() and torch_backend.bfloat16_supported()):
         pytest.skip("needs native bfloat16 and the torch backend")

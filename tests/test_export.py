@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from lstmlm.export import export_onnx
-from lstmlm.step_model import KerasStepModel
+from lstmlm.inference.export import export_onnx
+from lstmlm.inference.step_model import KerasStepModel
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

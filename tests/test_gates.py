@@ -11,9 +11,9 @@ from helpers import numpy, png_size
 from lstmlm import torch_backend
 from lstmlm.cli import main
 from lstmlm.errors import LstmlmError
-from lstmlm.gates import TRACE_NAMES, split_weights, to_float64, trace_gates
-from lstmlm.inspection import inspect_text
-from lstmlm.lstm import lstm_loop
+from lstmlm.analysis.gates import TRACE_NAMES, split_weights, to_float64, trace_gates
+from lstmlm.analysis.inspection import inspect_text
+from lstmlm.model.lstm import lstm_loop
 
 TEXT = "the cat sees a fish today the dog chases the ball zebra"  # the toy grammar's words, and one unknown
 LENGTH = len(TEXT.split()) + 1  # with the leading <eos>

@@ -5,9 +5,9 @@ import pytest
 from keras import ops
 
 from lstmlm.errors import LstmlmError
-from lstmlm.language_model import join_words
-from lstmlm.samplers import softmax
-from lstmlm.tokenizer import EOS, UNK
+from lstmlm.inference.language_model import join_words
+from lstmlm.inference.samplers import softmax
+from lstmlm.data.tokenizer import EOS, UNK
 
 
 def all_logits(model, ids):
@@ -129,7 +129,7 @@ def test_deprecated_words_keyword_still_works(loaded_tiny):
 def test_a_deadline_stops_generation_with_a_prefix_of_the_same_text(loaded_tiny, monkeypatch):
     """generate(deadline=...) (the server's time bound) stops at a word boundary: the words so far are the
     first words of the same call without a deadline, and finish_reason says why it stopped."""
-    import lstmlm.language_model as language_model
+    import lstmlm.inference.language_model as language_model
 
     full = loaded_tiny.generate("the cat", 12, temperature=1.0, seed=7)
     assert full["finish_reason"] == "num_words" and len(full["words"]) == 12

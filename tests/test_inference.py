@@ -8,9 +8,9 @@ import pytest
 
 from lstmlm import torch_backend
 from lstmlm.errors import LstmlmError
-from lstmlm.language_model import LanguageModel, load
+from lstmlm.inference.language_model import LanguageModel, load
 from lstmlm.precision import inference_precision
-from lstmlm.step_model import KerasStepModel
+from lstmlm.inference.step_model import KerasStepModel
 
 PROMPTS = ["the cat", "my friend likes", "a bird hears the river today the dog", "", "zorblax the"]
 PRECISIONS = ["float32", "int8"] + (["bfloat16"] if torch_backend.bfloat16_supported() else [])
@@ -123,7 +123,7 @@ def test_batch_answers_equal_predict_next_whatever_the_batch_mates(tiny_run, pre
 def test_micro_batched_server_answers_equal_one_at_a_time_answers(tiny_run, precision):
     from fastapi.testclient import TestClient
 
-    from lstmlm.server import Batching, create_app
+    from lstmlm.serving.server import Batching, create_app
 
     texts = growing_texts() * 3
     plain = TestClient(create_app(load(tiny_run, precision=precision), batching=Batching(enabled=False)))

@@ -7,7 +7,7 @@ from helpers import numpy
 from keras import ops
 
 from lstmlm import torch_backend
-from lstmlm.lstm import LSTM, lstm_loop
+from lstmlm.model.lstm import LSTM, lstm_loop
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch_backend.is_torch(), reason="needs the torch backend")

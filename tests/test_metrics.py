@@ -27,8 +27,8 @@ def test_nan_stays_nan(loss):
 
 def test_evaluate_and_score_of_a_model_whose_loss_overflows_exp(loaded_tiny):
     """Logits scaled by 1e5 give losses of tens of thousands of nats: perplexity inf, no OverflowError."""
-    from lstmlm.evaluate import evaluate_ids
-    from lstmlm.language_model import LanguageModel
+    from lstmlm.inference.evaluate import evaluate_ids
+    from lstmlm.inference.language_model import LanguageModel
 
     model = loaded_tiny.model
     original = [np.array(v) for v in model.output_layer.get_weights()]

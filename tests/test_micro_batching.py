@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lstmlm.micro_batching import MicroBatcher
+from lstmlm.serving.micro_batching import MicroBatcher
 
 
 class FakeModel:

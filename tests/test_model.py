@@ -8,7 +8,7 @@ from keras import ops
 
 import lstmlm
 from lstmlm.config import Config
-from lstmlm.model import LSTMLanguageModel, build_model
+from lstmlm.model.lstm_language_model import LSTMLanguageModel, build_model
 
 torch = pytest.importorskip("torch")
 
@@ -63,8 +63,8 @@ def test_config_round_trip():
 
 def test_the_keras_classes_are_registered_for_safe_mode_loading():
     """`.keras` files name the classes "lstmlm>LSTMLanguageModel" and "lstmlm>LSTM"; loading in safe mode finds
-    them only through Keras' registry (filled when `import lstmlm` imports lstmlm.model and lstmlm.lstm)."""
-    from lstmlm.lstm import LSTM
+    them only through Keras' registry (filled when `import lstmlm` imports lstmlm.model.lstm_language_model and lstmlm.model.lstm)."""
+    from lstmlm.model.lstm import LSTM
 
     for cls, name in ((LSTMLanguageModel, "lstmlm>LSTMLanguageModel"), (LSTM, "lstmlm>LSTM")):
         assert keras.saving.get_registered_name(cls) == name
@@ -158,7 +158,7 @@ def test_dropout_variants_are_identity_at_inference():
 
 
 def test_variational_and_embedding_dropout_masks():
-    from lstmlm.regularization import dropout, embedding_dropout
+    from lstmlm.model.regularization import dropout, embedding_dropout
 
     seed = keras.random.SeedGenerator(0)
     x = ops.ones((4, 6, 10))
@@ -196,7 +196,7 @@ def test_load_model_in_a_fresh_process_after_import_lstmlm(tmp_path):
     np.save(tmp_path / "expected.npy", numpy(model.call_with_states(ops.convert_to_tensor(x))[0]))
     script = (
         "import sys, numpy as np, lstmlm, keras\n"
-        "assert 'lstmlm.model' in sys.modules\n"
+        "assert 'lstmlm.model.lstm_language_model' in sys.modules\n"
         f"model = keras.saving.load_model({str(tmp_path / 'model.keras')!r}, safe_mode=True)\n"
         f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
         "logits = keras.ops.convert_to_numpy(keras.ops.stop_gradient(model(x)))\n"

@@ -10,7 +10,7 @@ from lstmlm.cli import main
 from lstmlm.errors import LstmlmError
 
 pytest.importorskip("matplotlib")
-from lstmlm.plots import FIGURES, plot_history  # noqa: E402
+from lstmlm.analysis.plots import FIGURES, plot_history  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def read_scalars(log_dir):
 
 @pytest.mark.skipif(not tensorboard_installed(), reason="needs lstmlm[tensorboard]")
 def test_write_scalars_round_trip(tmp_path):
-    from lstmlm.tensorboard import close, write_scalars
+    from lstmlm.training.tensorboard import close, write_scalars
 
     rows = [{"epoch": 1, "train_loss": 5.25, "valid_perplexity": 180.5, "train_tokens": 1000, "note": "x"},
             {"epoch": 2, "train_loss": 4.75, "valid_perplexity": 150.25, "train_tokens": 2000, "note": "y"}]
@@ -73,7 +73,7 @@ def test_write_scalars_round_trip(tmp_path):
 @pytest.mark.skipif(not tensorboard_installed(), reason="needs lstmlm[tensorboard]")
 def test_training_with_tensorboard_logs_the_history(run_dir):
     from lstmlm.run_directory import read_history
-    from lstmlm.training import HISTORY_FIELDS
+    from lstmlm.training.loop import HISTORY_FIELDS
 
     scalars = read_scalars(run_dir / "tensorboard")
     history = read_history(run_dir / "history.csv")
@@ -86,7 +86,7 @@ def test_training_with_tensorboard_logs_the_history(run_dir):
 
 
 def test_missing_tensorboard_package_is_a_clear_error(tmp_path, monkeypatch):
-    from lstmlm import tensorboard
+    from lstmlm.training import tensorboard
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
     monkeypatch.setattr(tensorboard, "_writers", {})

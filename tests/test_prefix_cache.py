@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import lstmlm
-from lstmlm.prefix_cache import ENTRY_OVERHEAD, PrefixCache, prefix_keys, prompt_state
-from lstmlm.step_model import TorchStepModel
+from lstmlm.inference.prefix_cache import ENTRY_OVERHEAD, PrefixCache, prefix_keys, prompt_state
+from lstmlm.inference.step_model import TorchStepModel
 
 
 def test_lru_evicts_least_recently_used_first_and_stays_under_the_bound():

@@ -33,11 +33,11 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from lstmlm import run_directory as rd
-from lstmlm.batches import WindowBatches, num_stream_batches, stream_batches
+from lstmlm.data.batches import WindowBatches, num_stream_batches, stream_batches
 from lstmlm.errors import LstmlmError
-from lstmlm.samplers import GreedySampler, TopKSampler, TopPSampler, make_sampler
-from lstmlm.tokenizer import EOS, UNK, read_words, split_words, words_of_text
-from lstmlm.vocabulary import Vocabulary
+from lstmlm.inference.samplers import GreedySampler, TopKSampler, TopPSampler, make_sampler
+from lstmlm.data.tokenizer import EOS, UNK, read_words, split_words, words_of_text
+from lstmlm.data.vocabulary import Vocabulary
 
 
 SCALE = float(os.environ.get("LSTMLM_PROPERTY_SCALE", "1"))
@@ -236,7 +236,7 @@ def test_window_batches_invariants(n, batch_size, num_steps, skip_step, epochs):
 def test_batches_resume_where_they_stood(n, batch_size, num_steps, skip_step, batching, epochs, data):
     """Training's Batches: epochs started afresh from a saved position (as --resume does) give exactly the
     batches of the unbroken run."""
-    from lstmlm.batches import Batches
+    from lstmlm.data.batches import Batches
     from lstmlm.config import Config
 
     config = Config(batching=batching, batch_size=batch_size, num_steps=num_steps, skip_step=skip_step)
@@ -320,7 +320,7 @@ def test_make_sampler_accepts_only_meaningful_settings(temperature, top_k, top_p
 @pytest.fixture(scope="module")
 def untrained():
     """A tiny untrained model (random weights, scale 0.5 so the numbers are far from uniform) on 8 words."""
-    from lstmlm.model import LSTMLanguageModel
+    from lstmlm.model.lstm_language_model import LSTMLanguageModel
 
     vocabulary = Vocabulary.build(list("aabbbcdef") + [EOS, EOS])
     model = LSTMLanguageModel(vocabulary_size=len(vocabulary), embedding_size=6, hidden_size=6, num_layers=2,
@@ -334,7 +334,7 @@ def untrained():
 @given(ids=st.lists(st.integers(0, 7), min_size=1, max_size=70), chunk_length=st.integers(1, 80),
        batch_size=st.integers(1, 4))
 def test_evaluation_does_not_depend_on_the_chunk_length(untrained, ids, chunk_length, batch_size):
-    from lstmlm.evaluate import evaluate_ids
+    from lstmlm.inference.evaluate import evaluate_ids
 
     model, vocabulary = untrained
     whole = evaluate_ids(model, ids, vocabulary, evaluation_batch_size=batch_size, chunk_length=len(ids) + 1)

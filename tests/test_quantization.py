@@ -2,15 +2,15 @@
 
 import torch
 
-from lstmlm.bfloat16 import Bfloat16Linear
-from lstmlm.quantization import Int8Linear, quantize_rows
+from lstmlm.inference.bfloat16 import Bfloat16Linear
+from lstmlm.inference.quantization import Int8Linear, quantize_rows
 
 
 def test_int8_products_of_transposed_weights():
     """A weight given as a transposed view (the softmax layer's Keras kernel) is quantized as the matrix it is."""
     import torch
 
-    from lstmlm.quantization import Int8Linear
+    from lstmlm.inference.quantization import Int8Linear
 
     weight = torch.randn(16, 40).t()  # (40, 16), not contiguous
     x = torch.randn(3, 16)

@@ -96,7 +96,7 @@ def test_exact_evaluation_counts_every_token_and_ignores_chunk_length():
 
 
 def test_peer_uses_lstmlm_ids(toy_corpus):
-    from lstmlm.corpus import load_corpus
+    from lstmlm.data.corpus import load_corpus
 
     from conftest import tiny_config
 

@@ -22,7 +22,7 @@ from helpers import tiny_config, tree_digest, write_corpus
 from lstmlm import run_directory as rd
 from lstmlm.config import Config
 from lstmlm.errors import LstmlmError
-from lstmlm.training import HISTORY_FIELDS, train
+from lstmlm.training.loop import HISTORY_FIELDS, train
 
 TIMING = {"tokens_per_second", "epoch_seconds", "wall_seconds"}
 LSTMLM = str(Path(sys.executable).with_name("lstmlm"))
@@ -112,8 +112,8 @@ def test_sigterm_inside_a_step_saves_a_resumable_checkpoint(longer_corpus, unbro
 @pytest.mark.parametrize("name", ["SIGHUP", "SIGINT"])
 def test_sighup_and_sigint_inside_a_step_wait_for_it(longer_corpus, unbroken, tmp_path, monkeypatch, name):
     """In-process: the signal arrives while train_step runs; the step completes and is counted, then we stop."""
-    from lstmlm import signals
-    from lstmlm import training as train_module
+    from lstmlm.training import signals
+    from lstmlm.training import loop as train_module
 
     real_step, calls = train_module.train_step, []
 
@@ -139,8 +139,8 @@ def test_a_signal_between_epochs_keeps_the_epoch_checkpoint_and_says_how_to_resu
                                                                                   tmp_path, monkeypatch):
     """In-process: SIGTERM lands after epoch 1's checkpoint, before epoch 2's first batch (nothing new to save).
     The resume hint is still printed, the epoch checkpoint stands, and resuming equals the unbroken run."""
-    from lstmlm import signals
-    from lstmlm import training as train_module
+    from lstmlm.training import signals
+    from lstmlm.training import loop as train_module
 
     real_epoch, calls = train_module.train_epoch, []
 

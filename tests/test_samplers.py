@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from lstmlm.samplers import GreedySampler, RandomSampler, TopKSampler, TopPSampler, make_sampler, softmax
+from lstmlm.inference.samplers import GreedySampler, RandomSampler, TopKSampler, TopPSampler, make_sampler, softmax
 
 LOGITS = np.log(np.array([0.05, 0.4, 0.1, 0.25, 0.02, 0.18]))  # probabilities in id order
 
@@ -126,7 +126,7 @@ def test_sample_rows_equals_one_row_at_a_time():
     """The batched sampler (batched generation) draws exactly what each row would draw alone."""
     import numpy as np
 
-    from lstmlm.samplers import make_sampler, sample_rows
+    from lstmlm.inference.samplers import make_sampler, sample_rows
 
     logits = np.random.default_rng(0).normal(0, 3, (16, 300)).astype(np.float32)
     for settings in (dict(temperature=0), dict(temperature=1.0), dict(temperature=0.7), dict(temperature=1e-310),

@@ -25,7 +25,7 @@ pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installe
 from helpers import serving  # noqa: E402
 
 from lstmlm.errors import LstmlmError  # noqa: E402
-from lstmlm.server import Limits, create_app, listen  # noqa: E402
+from lstmlm.serving.server import Limits, create_app, listen  # noqa: E402
 
 SENTENCES = ["the cat sees the ball", "my friend likes a fish today", "a bird hears the river",
              "our neighbour wants some bread"]  # the toy grammar's
@@ -99,7 +99,7 @@ def test_generate_greedy_needs_no_seed(client, language_model):
 
 
 def test_generate_defaults_to_default_num_words(client):
-    from lstmlm.language_model import DEFAULT_NUM_WORDS
+    from lstmlm.inference.language_model import DEFAULT_NUM_WORDS
 
     assert len(client.post("/v1/generate", json={"temperature": 0}).json()["words"]) == DEFAULT_NUM_WORDS
 
@@ -159,7 +159,7 @@ def test_concurrent_requests_are_serialized_and_get_the_answers_given_alone(tiny
     """The server holds one lock around every model call: 8 clients at once never have two calls inside the
     model together, and every answer equals the same request's answer when it was alone. (Without the lock
     this fails: several calls run at once.)"""
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     model = OverlapCounter(load(tiny_run))
     requests = []
@@ -347,7 +347,7 @@ class SlowScore:
 
 @pytest.mark.parametrize("micro_batching", [True, False])
 def test_a_request_still_waiting_for_a_busy_model_at_its_time_bound_gets_503(loaded_tiny, micro_batching):
-    from lstmlm.server import Batching
+    from lstmlm.serving.server import Batching
 
     app = create_app(SlowScore(loaded_tiny, 2.0), Limits(max_request_seconds=0.5), Batching(micro_batching))
     with serving(app) as url, ThreadPoolExecutor(2) as pool:
@@ -370,8 +370,8 @@ def test_a_request_still_waiting_for_a_busy_model_at_its_time_bound_gets_503(loa
 def test_generate_stops_at_the_request_time_bound_with_the_words_so_far(tiny_run, loaded_tiny):
     """/v1/generate cannot hold the model past its bound: with each word slowed to 50 ms and a 0.6 s bound, 100
     words come back as the first few words of the same seeded text, finish_reason "time_limit"."""
-    from lstmlm.language_model import load
-    from lstmlm.server import Batching
+    from lstmlm.inference.language_model import load
+    from lstmlm.serving.server import Batching
 
     slow = load(tiny_run)
     fast_logits = slow._next_logits
@@ -394,7 +394,7 @@ def test_a_body_slower_than_the_time_bound_is_408_and_a_slow_timely_body_is_answ
     """A client that sends its body a byte at a time holds a connection until the bound, never the model."""
     import socket
 
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     body = json.dumps({"text": "the cat", "top_k": 2}).encode()
     head = (f"POST /v1/next HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

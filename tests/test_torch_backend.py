@@ -8,8 +8,8 @@ import pytest
 
 from lstmlm import torch_backend
 from lstmlm.config import Config
-from lstmlm.model import build_model
-from lstmlm.optimizer import load_optimizer_state, make_optimizer, optimizer_state
+from lstmlm.model.lstm_language_model import build_model
+from lstmlm.training.optimizer import load_optimizer_state, make_optimizer, optimizer_state
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch_backend.is_torch(), reason="needs the torch backend")

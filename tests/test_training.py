@@ -13,12 +13,12 @@ from helpers import zipf_text
 
 from lstmlm import run_directory as rd
 from lstmlm import torch_backend
-from lstmlm import training as train_module
-from lstmlm.batches import num_stream_batches
+from lstmlm.training import loop as train_module
+from lstmlm.data.batches import num_stream_batches
 from lstmlm.config import Config
 from lstmlm.errors import LstmlmError
-from lstmlm.model import build_model
-from lstmlm.training import HISTORY_FIELDS, train
+from lstmlm.model.lstm_language_model import build_model
+from lstmlm.training.loop import HISTORY_FIELDS, train
 
 torch = pytest.importorskip("torch")
 
@@ -182,9 +182,9 @@ def test_bfloat16_refused_without_native_support(toy_corpus, tmp_path):
 
 def test_bfloat16_and_float32_losses_agree(toy_corpus):
     """bfloat16 autocast through the pure-Keras LSTM path: the same few training steps, nearly the same losses."""
-    from lstmlm.batches import stream_batches
-    from lstmlm.corpus import load_corpus
-    from lstmlm.model import build_model
+    from lstmlm.data.batches import stream_batches
+    from lstmlm.data.corpus import load_corpus
+    from lstmlm.model.lstm_language_model import build_model
 
     config = tiny_config(toy_corpus, fused=False, hidden_size=16)
     corpus = load_corpus(config)
@@ -214,8 +214,8 @@ def test_bfloat16_and_float32_losses_agree(toy_corpus):
 
 def _training_losses(config, corpus, precision, steps, lstm_precision=None):
     """The per-step training losses of `steps` steps from the seed's weights (carried states)."""
-    from lstmlm.batches import stream_batches
-    from lstmlm.model import build_model
+    from lstmlm.data.batches import stream_batches
+    from lstmlm.model.lstm_language_model import build_model
 
     keras.utils.set_random_seed(config.seed)
     model = build_model(config, len(corpus.vocabulary))
@@ -248,7 +248,7 @@ def test_bfloat16_with_adam_tracks_float32_as_sgd_does(zipf_corpus, monkeypatch)
     (measured: 0.003-0.02 for Adam and for SGD, whose bfloat16 LSTM never lost anything). Before the fix the
     bfloat16 LSTM rounded saturated gates' derivatives to 0 and Adam fell 0.3-0.5 nats behind: the last assertion
     reruns that path and checks it still fails the tolerance, so the test can tell the two apart."""
-    from lstmlm.corpus import load_corpus
+    from lstmlm.data.corpus import load_corpus
 
     monkeypatch.setattr(torch_backend, "bfloat16_supported", lambda: True)
     tolerance, steps = 0.05, 300

@@ -5,8 +5,8 @@ import collections
 import pytest
 
 from lstmlm.errors import LstmlmError
-from lstmlm.tokenizer import EOS, UNK
-from lstmlm.vocabulary import Vocabulary
+from lstmlm.data.tokenizer import EOS, UNK
+from lstmlm.data.vocabulary import Vocabulary
 
 WORDS = "b a b c <eos> a b d <eos> e".split()  # counts: b 3, a 2, <eos> 2, c 1, d 1, e 1
 

@@ -16,14 +16,14 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # before keras is imported anyw
 
 __version__ = "0.1.0"
 
-from lstmlm.lstm import LSTM  # noqa: E402  (registers lstmlm>LSTM)
-from lstmlm.model import LSTMLanguageModel, build_model  # noqa: E402  (registers lstmlm>LSTMLanguageModel)
+from lstmlm.model.lstm import LSTM  # noqa: E402  (registers lstmlm>LSTM)
+from lstmlm.model.lstm_language_model import LSTMLanguageModel, build_model  # noqa: E402  (registers lstmlm>LSTMLanguageModel)
 
 _EXPORTS = {
     "Config": "lstmlm.config", "LstmlmError": "lstmlm.errors", "PRESETS": "lstmlm.presets",
-    "preset": "lstmlm.presets", "Vocabulary": "lstmlm.vocabulary", "train": "lstmlm.training",
-    "load": "lstmlm.language_model", "LanguageModel": "lstmlm.language_model",
-    "evaluate_ids": "lstmlm.evaluate", "load_run": "lstmlm.run_directory",
+    "preset": "lstmlm.presets", "Vocabulary": "lstmlm.data.vocabulary", "train": "lstmlm.training.loop",
+    "load": "lstmlm.inference.language_model", "LanguageModel": "lstmlm.inference.language_model",
+    "evaluate_ids": "lstmlm.inference.evaluate", "load_run": "lstmlm.run_directory",
 }
 __all__ = sorted([*_EXPORTS, "LSTM", "LSTMLanguageModel", "build_model"])
 

@@ -28,8 +28,8 @@ import typing
 
 from lstmlm.errors import LstmlmError
 
-EXTRA_VERBS = {"serve": "lstmlm.server", "export": "lstmlm.export", "plot": "lstmlm.plots",
-               "inspect": "lstmlm.inspection", "download": "lstmlm.download"}
+EXTRA_VERBS = {"serve": "lstmlm.serving.server", "export": "lstmlm.inference.export", "plot": "lstmlm.analysis.plots",
+               "inspect": "lstmlm.analysis.inspection", "download": "lstmlm.data.download"}
 
 
 def one_line(text):
@@ -121,8 +121,8 @@ def resolve_config(args):
 
 
 def run_train(args):
-    from lstmlm import distributed
-    from lstmlm.training import train
+    from lstmlm.training import distributed
+    from lstmlm.training.loop import train
 
     if args.processes is not None and not args.print_config and _launch(args):
         return distributed.launch(args.processes, args.argv, log=lambda line: print(line, file=sys.stderr))
@@ -146,7 +146,7 @@ def run_train(args):
 
 def _launch(args):
     """True when `--processes N` must start N processes here; False in a process they started (it trains)."""
-    from lstmlm import distributed
+    from lstmlm.training import distributed
 
     if args.processes <= 0:
         raise LstmlmError(f"--processes must be a positive integer, got {args.processes}")
@@ -174,7 +174,7 @@ def _launch(args):
 
 def report(run_dir):
     """After training: the best model's validation and test perplexity, and the tutorial's sample."""
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     model = load(run_dir)
     print(f"best model: {run_dir}/model.keras")
@@ -191,7 +191,7 @@ def format_evaluation(result):
 
 
 def _print_actual_vs_predicted(model, split, skip, count, as_json=False):
-    from lstmlm.corpus import read_split
+    from lstmlm.data.corpus import read_split
 
     ids, _ = read_split(model.config, split, model.vocabulary)
     result = model.actual_vs_predicted(ids, skip, count)
@@ -248,7 +248,7 @@ def add_evaluate(subparsers):
 
 
 def run_evaluate(args):
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     if args.evaluation_batch_size <= 0:
         raise LstmlmError(f"--evaluation-batch-size must be positive, got {args.evaluation_batch_size}")
@@ -279,7 +279,7 @@ def add_predict(subparsers):
 
 
 def run_predict(args):
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     if (args.text is None) == (args.split is None):
         raise LstmlmError("predict: give exactly one of --text or --split")
@@ -300,7 +300,7 @@ def run_predict(args):
 
 
 def add_generate(subparsers):
-    from lstmlm.language_model import DEFAULT_NUM_WORDS
+    from lstmlm.inference.language_model import DEFAULT_NUM_WORDS
 
     parser = subparsers.add_parser("generate", help="continue a prompt word by word")
     parser.add_argument("run_dir")
@@ -320,7 +320,7 @@ def add_generate(subparsers):
 
 
 def run_generate(args):
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     if args.seed is not None and args.seed < 0:  # numpy's default_rng refuses it with a ValueError
         raise LstmlmError(f"--seed must be >= 0, got {args.seed}")
@@ -351,7 +351,7 @@ def add_score(subparsers):
 
 
 def run_score(args):
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     if args.file is not None:
         try:

@@ -33,7 +33,7 @@ import numpy as np
 from lstmlm.config import Config
 from lstmlm.errors import LstmlmError
 from lstmlm.files import atomic_path, atomic_write_text
-from lstmlm.vocabulary import Vocabulary
+from lstmlm.data.vocabulary import Vocabulary
 
 CONFIG = "config.json"
 VOCABULARY = "vocab.txt"
@@ -166,7 +166,7 @@ def load_keras_model(path):
     does not know, content safe mode refuses, or a model that is not an LSTMLanguageModel is one LstmlmError.
     """
     import lstmlm  # noqa: F401  (registers the custom classes)
-    from lstmlm.model import LSTMLanguageModel
+    from lstmlm.model.lstm_language_model import LSTMLanguageModel
 
     path = Path(path)
     _check_keras_archive(path)

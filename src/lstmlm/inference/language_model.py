@@ -20,11 +20,11 @@ import numpy as np
 from lstmlm.errors import LstmlmError
 from lstmlm.metrics import perplexity
 from lstmlm.precision import inference_precision
-from lstmlm.prefix_cache import PrefixCache, prompt_state
+from lstmlm.inference.prefix_cache import PrefixCache, prompt_state
 from lstmlm.run_directory import MODEL, epoch_model_file, load_run
-from lstmlm.samplers import make_sampler, sample_rows, softmax
-from lstmlm.step_model import make_step_model
-from lstmlm.tokenizer import EOS, UNK, split_words
+from lstmlm.inference.samplers import make_sampler, sample_rows, softmax
+from lstmlm.inference.step_model import make_step_model
+from lstmlm.data.tokenizer import EOS, UNK, split_words
 
 DEFAULT_NUM_WORDS = 30  # words `generate` adds when not told: the CLI, the API, the server and the web page
 DEFAULT_PREFIX_CACHE_BYTES = 64 * 2**20  # ~8,000 prompt states of a 2x500 model (8 KB each)
@@ -233,9 +233,9 @@ class LanguageModel:
                 "perplexity": perplexity(-total / len(values)), "unknown_words": unknown}
 
     def evaluate(self, split="test", file=None, evaluation_batch_size=1, chunk_length=256):
-        """`lstmlm.evaluate.evaluate` on this run: {"split", "tokens", "loss", "perplexity", "accuracy",
+        """`lstmlm.inference.evaluate.evaluate` on this run: {"split", "tokens", "loss", "perplexity", "accuracy",
         "top5_accuracy", "seconds", "num_unknown_words"}."""
-        from lstmlm.evaluate import evaluate
+        from lstmlm.inference.evaluate import evaluate
 
         return evaluate(self.run, split=split, file=file, evaluation_batch_size=evaluation_batch_size,
                         chunk_length=chunk_length, step_model=self.step_model)

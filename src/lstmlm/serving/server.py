@@ -85,7 +85,7 @@ def _request_models(limits):
     """Pydantic models of the three request bodies, bounded by `limits` (built per app: limits may differ)."""
     from pydantic import BaseModel, ConfigDict, Field
 
-    from lstmlm.language_model import DEFAULT_NUM_WORDS
+    from lstmlm.inference.language_model import DEFAULT_NUM_WORDS
 
     # extra="forbid": a misspelt field ("topk") is an error, not silently the default.
     strict = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -202,7 +202,7 @@ def create_app(language_model, limits=Limits(), batching=Batching()):
     """The FastAPI app serving one loaded model.
 
     Args:
-        language_model: a `lstmlm.language_model.LanguageModel` (from `load(run_dir)`), loaded once.
+        language_model: a `lstmlm.inference.language_model.LanguageModel` (from `load(run_dir)`), loaded once.
         limits: the request bounds.
         batching: micro-batching of /v1/next.
 
@@ -216,8 +216,8 @@ def create_app(language_model, limits=Limits(), batching=Batching()):
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException
 
-    from lstmlm.language_model import DEFAULT_NUM_WORDS
-    from lstmlm.micro_batching import MicroBatcher
+    from lstmlm.inference.language_model import DEFAULT_NUM_WORDS
+    from lstmlm.serving.micro_batching import MicroBatcher
 
     NextRequest, GenerateRequest, ScoreRequest = _request_models(limits)
     lock = threading.Lock()
@@ -238,7 +238,7 @@ def create_app(language_model, limits=Limits(), batching=Batching()):
 
     batcher = (MicroBatcher(next_batch, batching.window_ms / 1000, batching.max_batch, gate=lock)
                if batching.enabled else None)
-    page = resources.files("lstmlm").joinpath("web/index.html").read_text(encoding="utf-8")
+    page = resources.files("lstmlm.serving").joinpath("web/index.html").read_text(encoding="utf-8")
     model_name = language_model.run.path.resolve().name  # the directory's name, never the full path
     health = {"status": "ok", "model": model_name, "vocabulary_size": len(language_model.vocabulary),
               "parameters": int(language_model.model.count_params()),
@@ -422,7 +422,7 @@ def run_serve(args):
         raise LstmlmError(f"--max-request-seconds must be in (0, 3600], got {args.max_request_seconds}")
     if not 0 <= args.batch_window_ms <= 1000 or args.max_batch < 1:
         raise LstmlmError("--batch-window-ms must be in 0..1000 and --max-batch positive")
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     batching = Batching(args.micro_batching, args.batch_window_ms, args.max_batch)
     limits = Limits(max_request_bytes=args.max_request_bytes, max_request_seconds=args.max_request_seconds)

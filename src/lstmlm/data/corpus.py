@@ -5,7 +5,7 @@ The text is streamed, so memory grows with the number of distinct words, not wit
   go straight to an `.npy` file); the vocabulary is then built from the counts (`Vocabulary.from_counts`: the
   same order as `Vocabulary.build` on the whole word list) and the file's ids are renumbered through a table.
 - valid and test: one pass encodes them with that vocabulary.
-The arrays are kept in the corpus cache (`lstmlm.corpus_cache`: where it lives, how it is invalidated, how to
+The arrays are kept in the corpus cache (`lstmlm.data.corpus_cache`: where it lives, how it is invalidated, how to
 turn it off) and memory-mapped copy-on-write, so the next run on the same files starts without tokenising.
 
 The bundled PTB (Mikolov's simple-examples, as the tutorial uses it) ships gzipped inside the package and is
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lstmlm.corpus_cache import ids_key, open_cache, vocabulary_key
+from lstmlm.data.corpus_cache import ids_key, open_cache, vocabulary_key
 from lstmlm.errors import LstmlmError
-from lstmlm.tokenizer import EOS, UNK, TextReader, TextSource, block_words, no_words_error
-from lstmlm.vocabulary import Vocabulary
+from lstmlm.data.tokenizer import EOS, UNK, TextReader, TextSource, block_words, no_words_error
+from lstmlm.data.vocabulary import Vocabulary
 
 PTB_SHA256 = {
     "train": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",

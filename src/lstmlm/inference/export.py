@@ -74,7 +74,7 @@ def export_onnx(language_model, out):
         import torch
     except ModuleNotFoundError:
         raise LstmlmError(INSTALL_HINT) from None
-    from lstmlm.step_model import TorchStepModel
+    from lstmlm.inference.step_model import TorchStepModel
 
     if language_model.model.softmax == "adaptive":
         raise LstmlmError("export: a run with --softmax adaptive cannot be exported to ONNX yet (the step module "
@@ -129,7 +129,7 @@ def add_parser(subparsers):
 
 
 def run_export(args):
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     out = export_onnx(load(args.run_dir, precision="float32"), args.out)
     print(f"lstmlm: wrote {out}/model.onnx, vocab.txt, export.json", file=sys.stderr)

@@ -24,7 +24,7 @@ import keras
 from keras import ops
 
 from lstmlm import torch_backend
-from lstmlm.regularization import weight_drop as drop_weights
+from lstmlm.model.regularization import weight_drop as drop_weights
 
 
 def lstm_loop(inputs, h, c, kernel, recurrent_kernel, bias):

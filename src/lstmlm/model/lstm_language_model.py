@@ -25,9 +25,9 @@ import numpy as np
 from keras import ops
 
 from lstmlm import torch_backend
-from lstmlm.adaptive_softmax import AdaptiveInput, AdaptiveSoftmax, resolve_cutoffs
-from lstmlm.lstm import LSTM
-from lstmlm.regularization import dropout, embedding_dropout
+from lstmlm.model.adaptive_softmax import AdaptiveInput, AdaptiveSoftmax, resolve_cutoffs
+from lstmlm.model.lstm import LSTM
+from lstmlm.model.regularization import dropout, embedding_dropout
 
 
 @keras.saving.register_keras_serializable(package="lstmlm")

@@ -159,7 +159,7 @@ def no_words_error(label):
 def read_words(path, lowercase=False):
     """Words of a corpus file, `<eos>` after every line (blank lines included, as the tutorial does).
 
-    A list of every word: for prompts and small files. Corpora go through `lstmlm.corpus`, which never builds one.
+    A list of every word: for prompts and small files. Corpora go through `lstmlm.data.corpus`, which never builds one.
 
     Raises LstmlmError for a missing file, bytes that are not UTF-8 (naming the line), or a file with no words.
     """

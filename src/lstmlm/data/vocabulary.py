@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lstmlm.errors import LstmlmError
 from lstmlm.files import atomic_write_text
-from lstmlm.tokenizer import UNK
+from lstmlm.data.tokenizer import UNK
 
 
 class Vocabulary:

@@ -16,7 +16,7 @@ from keras import ops
 
 from lstmlm import torch_backend
 from lstmlm.metrics import perplexity
-from lstmlm.tokenizer import EOS
+from lstmlm.data.tokenizer import EOS
 
 
 def _scores(features, kernel, bias, targets):
@@ -122,9 +122,9 @@ def evaluate(run, split="test", file=None, evaluation_batch_size=1, chunk_length
         {"split" (the split or the file's path), "tokens", "loss" (nats), "perplexity", "accuracy",
         "top5_accuracy", "seconds", "num_unknown_words" (the text's words, with repeats, read as <unk>)}.
     """
-    from lstmlm.corpus import encode_file, read_split
+    from lstmlm.data.corpus import encode_file, read_split
     from lstmlm.precision import inference_precision
-    from lstmlm.step_model import make_step_model
+    from lstmlm.inference.step_model import make_step_model
 
     if file is not None:
         (ids, num_unknown), name = encode_file(file, run.vocabulary, run.config.lowercase), str(file)

@@ -32,25 +32,26 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from lstmlm import distributed
+from lstmlm.training import distributed
 from lstmlm import run_directory as rd
-from lstmlm import signals, torch_backend
-from lstmlm.adaptive_softmax import resolve_cutoffs
-from lstmlm.batches import Batches
-from lstmlm.budget import Budget
-from lstmlm.checkpoints import Checkpoints
+from lstmlm import torch_backend
+from lstmlm.training import signals
+from lstmlm.model.adaptive_softmax import resolve_cutoffs
+from lstmlm.data.batches import Batches
+from lstmlm.training.budget import Budget
+from lstmlm.training.checkpoints import Checkpoints
 from lstmlm.config import Config
-from lstmlm.corpus import load_corpus
+from lstmlm.data.corpus import load_corpus
 from lstmlm.errors import LstmlmError
-from lstmlm.evaluate import evaluate_ids
+from lstmlm.inference.evaluate import evaluate_ids
 from lstmlm.failpoints import failpoint
 from lstmlm.machine import cpu_info
 from lstmlm.metrics import perplexity
-from lstmlm.model import build_model
-from lstmlm.optimizer import load_optimizer_state, make_optimizer, optimizer_state
+from lstmlm.model.lstm_language_model import build_model
+from lstmlm.training.optimizer import load_optimizer_state, make_optimizer, optimizer_state
 from lstmlm.precision import training_lstm_precision
-from lstmlm.progress import Progress
-from lstmlm.schedule import learning_rate
+from lstmlm.training.progress_bar import Progress
+from lstmlm.training.schedule import learning_rate
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_perplexity", "train_accuracy", "valid_loss", "valid_perplexity",
                   "valid_accuracy", "valid_top5_accuracy", "learning_rate", "train_tokens", "tokens_per_second",
@@ -412,7 +413,7 @@ class TrainingRun:
                  + (f" | skipped {progress.skipped_steps} non-finite steps" if progress.skipped_steps else ""))
         self.last_checkpoint = time.time()
         if self.config.tensorboard and self.rank == 0:
-            from lstmlm.tensorboard import write_scalars
+            from lstmlm.training.tensorboard import write_scalars
 
             write_scalars(self.out / "tensorboard", row)
 

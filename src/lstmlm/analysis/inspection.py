@@ -16,7 +16,7 @@ from keras import ops
 
 from lstmlm import torch_backend
 from lstmlm.errors import LstmlmError
-from lstmlm.gates import TRACE_NAMES, trace_gates
+from lstmlm.analysis.gates import TRACE_NAMES, trace_gates
 
 # the panels of the heatmap: (trace name, title, colour map, value range; None = symmetric around 0)
 PANELS = [("input_gate", "input gate i (0 = ignore the new input, 1 = let it in)", "viridis", (0.0, 1.0)),
@@ -29,7 +29,7 @@ def inspect_text(language_model, text, layer=None, units=32):
     """Gates, cell state and top next-word prediction at every position of a text.
 
     Args:
-        language_model: a `lstmlm.language_model.LanguageModel` (from `load(run_dir)`).
+        language_model: a `lstmlm.inference.language_model.LanguageModel` (from `load(run_dir)`).
         text: the words to read; unknown words are read as <unk> and listed under "unknown_words".
         layer: 1-based LSTM layer; None = the last.
         units: how many units to report (the first ones); 0 or None = all.
@@ -40,7 +40,7 @@ def inspect_text(language_model, text, layer=None, units=32):
         the leading <eos> first.
 
     Example:
-        >>> from lstmlm.language_model import load
+        >>> from lstmlm.inference.language_model import load
         >>> result = inspect_text(load("runs/ptb-small"), "the stock market", units=4)    # doctest: +SKIP
         >>> [p["word"] for p in result["positions"]], len(result["positions"][1]["forget_gate"])  # doctest: +SKIP
         (['<eos>', 'the', 'stock', 'market'], 4)
@@ -80,7 +80,7 @@ def plot_gates(result, path, title=None):
     Returns:
         the path.
     """
-    from lstmlm.plots import import_pyplot, save_figure
+    from lstmlm.analysis.plots import import_pyplot, save_figure
 
     plt = import_pyplot()
     positions, units = result["positions"], result["units"]
@@ -129,7 +129,7 @@ def add_parser(subparsers):
 
 
 def run_inspect(args):
-    from lstmlm.language_model import load
+    from lstmlm.inference.language_model import load
 
     result = inspect_text(load(args.run_dir), args.text, args.layer, args.units)
     if result["unknown_words"]:

@@ -31,8 +31,8 @@ import warnings
 from pathlib import Path
 
 from lstmlm.errors import LstmlmError
-from lstmlm.id_arrays import IdsFile, open_ids, read_ids
-from lstmlm.vocabulary import Vocabulary
+from lstmlm.data.id_arrays import IdsFile, open_ids, read_ids
+from lstmlm.data.vocabulary import Vocabulary
 
 # Bump FORMAT whenever the words of a text, the vocabulary built from counts (Vocabulary.from_counts) or the
 # files change: every older entry is then ignored. 2: a size cap counts <unk> (a corpus of exactly max_size types

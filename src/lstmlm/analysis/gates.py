@@ -21,7 +21,7 @@ kernel's h and s to 1e-5, so what the inspector draws is what the model computes
 import numpy as np
 from keras import ops
 
-KERAS_GATE_ORDER = ("i", "f", "g", "o")  # how keras.layers.LSTM (and lstmlm.lstm.LSTM) stack the gates
+KERAS_GATE_ORDER = ("i", "f", "g", "o")  # how keras.layers.LSTM (and lstmlm.model.lstm.LSTM) stack the gates
 TRACE_NAMES = ("input_gate", "forget_gate", "cell_input", "output_gate", "cell_state", "hidden_state")
 
 
@@ -38,12 +38,12 @@ def split_weights(layer):
     """The layer's weights cut into the tutorial's per-gate matrices.
 
     Args:
-        layer: a built `lstmlm.lstm.LSTM` or `keras.layers.LSTM` (anything with kernel, recurrent_kernel, bias).
+        layer: a built `lstmlm.model.lstm.LSTM` or `keras.layers.LSTM` (anything with kernel, recurrent_kernel, bias).
     Returns:
         dict with U_i, U_f, U_g, U_o (input_dim, units), V_i ... V_o (units, units), b_i ... b_o (units,).
 
     Example:
-        >>> from lstmlm.lstm import LSTM
+        >>> from lstmlm.model.lstm import LSTM
         >>> layer = LSTM(4); layer.build((None, None, 3))
         >>> weights = split_weights(layer)
         >>> weights["U_f"].shape, weights["V_f"].shape, weights["b_f"].shape
@@ -112,14 +112,14 @@ def trace_gates(model, token_ids):
     The state starts at zero, as `model.call_with_states(token_ids)` does. No dropout: this is the model at inference.
 
     Args:
-        model: an `LSTMLanguageModel` (e.g. `lstmlm.language_model.load(run_dir).model`).
+        model: an `LSTMLanguageModel` (e.g. `lstmlm.inference.language_model.load(run_dir).model`).
         token_ids: sequence of word ids, length time.
     Returns:
         a list with one dict per layer (first layer first), name -> (time, units) float64 array, names as
         TRACE_NAMES.
 
     Example:
-        >>> from lstmlm.model import LSTMLanguageModel
+        >>> from lstmlm.model.lstm_language_model import LSTMLanguageModel
         >>> model = LSTMLanguageModel(vocabulary_size=20, embedding_size=5, hidden_size=6, num_layers=2)
         >>> model.build()
         >>> layers = trace_gates(model, [1, 4, 2])

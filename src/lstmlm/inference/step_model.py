@@ -71,8 +71,8 @@ class TorchStepModel:
     def __init__(self, model, precision="float32"):
         import torch
 
-        from lstmlm.bfloat16 import Bfloat16Linear
-        from lstmlm.quantization import Int8Linear
+        from lstmlm.inference.bfloat16 import Bfloat16Linear
+        from lstmlm.inference.quantization import Int8Linear
 
         if precision not in ("float32", "bfloat16", "int8"):
             raise ValueError(f"unknown precision {precision!r}")
