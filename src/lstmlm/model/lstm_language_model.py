@@ -8,6 +8,10 @@ an explicit input and output, so training can carry it across batches and genera
 (`call_with_states`; not named `forward`, which on the torch backend is torch.nn.Module's dispatch to `call`).
 Optional regularisation from the literature is off unless configured (see regularization.py).
 
+With `stateful=True` (opt-in, for Keras' `fit()` on state-carrying streams: docs/keras.md) `call` starts from the
+LSTM states its previous call ended with, kept in non-trainable variables (as Keras' `stateful=True` RNNs do), and
+`reset_states()` sets them to zero; `call_with_states` and every lstmlm path ignore them.
+
 With `softmax="adaptive"` the Dense layer is an AdaptiveSoftmax (adaptive_softmax.py): `call_with_states` then
 returns normalised log-probabilities instead of logits (every consumer applies a softmax or log-softmax, which
 leaves log-probabilities unchanged), and training reads `target_log_probabilities`, which computes only each
@@ -52,6 +56,8 @@ class LSTMLanguageModel(keras.Model):
         seed: initialisation and dropout seed.
         softmax: 'full' (Dense over the vocabulary, logits) or 'adaptive' (AdaptiveSoftmax, log-probabilities).
         cutoffs: the adaptive softmax's cluster boundaries (word ids, ascending).
+        stateful: `call` (what `fit()`, `evaluate()` and `predict()` run) carries the LSTM states from one batch
+            to the next; needs a fixed batch size, given by `build((batch_size, None))`.
 
     Example:
         >>> model = LSTMLanguageModel(vocabulary_size=50, embedding_size=8, hidden_size=8, num_layers=2)
@@ -62,13 +68,13 @@ class LSTMLanguageModel(keras.Model):
 
     def __init__(self, vocabulary_size, embedding_size, hidden_size, num_layers, dropout=0.0, input_dropout=0.0,
                  layer_dropout=0.0, variational=False, embedding_dropout=0.0, weight_drop=0.0, tie_weights=False,
-                 init_scale=0.0, fused=True, seed=1, softmax="full", cutoffs=None, **kwargs):
+                 init_scale=0.0, fused=True, seed=1, softmax="full", cutoffs=None, stateful=False, **kwargs):
         super().__init__(**kwargs)
         _check_arguments(vocabulary_size=vocabulary_size, embedding_size=embedding_size, hidden_size=hidden_size,
                          num_layers=num_layers, dropout=dropout, input_dropout=input_dropout,
                          layer_dropout=layer_dropout, embedding_dropout=embedding_dropout, weight_drop=weight_drop,
                          init_scale=init_scale, variational=variational, tie_weights=tie_weights, fused=fused,
-                         seed=seed)
+                         seed=seed, stateful=stateful)
         self.vocabulary_size = vocabulary_size
         self.embedding_size = embedding_size
         self.hidden_size = hidden_size
@@ -85,6 +91,8 @@ class LSTMLanguageModel(keras.Model):
         self.seed = seed
         self.softmax = softmax
         self.cutoffs = list(cutoffs or [])
+        self.stateful = bool(stateful)
+        self.state_variables = []  # stateful: [(h, c)] per layer, (batch_size, hidden_size) each
         adaptive = softmax == "adaptive"
         if softmax not in ("full", "adaptive"):
             raise ValueError(f"LSTMLanguageModel: softmax must be 'full' or 'adaptive', got {softmax!r}")
@@ -136,6 +144,21 @@ class LSTMLanguageModel(keras.Model):
             # stored (vocabulary, size) in memory, as torch's Linear and a tied embedding are: the matrix products
             # of the softmax layer then run on the same layouts as plain PyTorch's (shapes and files unchanged)
             torch_backend.transposed_storage(self.output_layer.kernel)
+        if self.stateful:
+            self._build_state_variables(None if input_shape is None else input_shape[0])
+
+    def _build_state_variables(self, batch_size):
+        if batch_size is None:
+            raise ValueError("LSTMLanguageModel: stateful=True needs a fixed batch size: "
+                             "model.build((batch_size, None))")
+        self.state_variables = [tuple(self.add_weight(shape=(batch_size, self.hidden_size), initializer="zeros",
+                                                      trainable=False, name=f"{kind}_state_{i + 1}")
+                                      for kind in "hc") for i in range(self.num_layers)]
+
+    def reset_states(self):
+        """Stateful: zero the carried LSTM states (at the start of an epoch, before another text)."""
+        for variable in (v for pair in self.state_variables for v in pair):
+            variable.assign(ops.zeros(variable.shape, variable.dtype))
 
     def initial_states(self, batch_size):
         """Zero (h, c) for every layer."""
@@ -232,13 +255,26 @@ class LSTMLanguageModel(keras.Model):
         return self.output_layer.kernel, self.output_layer.bias
 
     def call(self, token_ids, training=False):
-        return self.call_with_states(token_ids, None, training)[0]
+        if not self.stateful:
+            return self.call_with_states(token_ids, None, training)[0]
+        batch_size = self.state_variables[0][0].shape[0]
+        if token_ids.shape[0] is not None and token_ids.shape[0] != batch_size:
+            raise ValueError(f"LSTMLanguageModel: stateful with batch size {batch_size}, got a batch of "
+                             f"{token_ids.shape[0]} rows")
+        # copies: on torch assign() writes in place, and autograd still needs the states this batch started from
+        states = [tuple(ops.copy(v.value) for v in pair) for pair in self.state_variables]
+        logits, new_states = self.call_with_states(token_ids, states, training)
+        for pair, new_pair in zip(self.state_variables, new_states):
+            for variable, value in zip(pair, new_pair):
+                variable.assign(ops.stop_gradient(value))
+        return logits
 
     def get_config(self):
-        return {**super().get_config(), **{name: getattr(self, name) for name in (
+        config = {**super().get_config(), **{name: getattr(self, name) for name in (
             "vocabulary_size", "embedding_size", "hidden_size", "num_layers", "dropout", "input_dropout",
             "layer_dropout", "variational", "embedding_dropout", "weight_drop", "tie_weights", "init_scale",
             "fused", "seed", "softmax", "cutoffs")}}
+        return {**config, "stateful": True} if self.stateful else config  # stateless: the config of before
 
 
 def _check_arguments(**values):
@@ -255,7 +291,7 @@ def _check_arguments(**values):
     value = values["init_scale"]
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
         raise ValueError(f"LSTMLanguageModel: init_scale must be a number >= 0, got {value!r}")
-    for name in ("variational", "tie_weights", "fused"):
+    for name in ("variational", "tie_weights", "fused", "stateful"):
         if not isinstance(values[name], (bool, np.bool_)):
             raise ValueError(f"LSTMLanguageModel: {name} must be true or false, got {values[name]!r}")
     if isinstance(values["seed"], bool) or not isinstance(values["seed"], numbers.Integral):
