@@ -86,6 +86,23 @@ class WindowBatches:
             self.position += self.skip_step
         return x, y
 
+    def seek(self, batch):
+        """Stand where `batch` batches from position 0 leave the generator, without generating them (random
+        access, for a Keras PyDataset): the windows start at 0, skip_step, 2 skip_step, ... and wrap to 0 after
+        the last start s with s + num_steps < len(ids), so row w of the whole sequence starts at (w mod P) skip_step.
+
+        Example:
+            >>> walked, jumped = WindowBatches(range(50), 3, 4, 5), WindowBatches(range(50), 3, 4, 5)
+            >>> for _ in range(7):
+            ...     _ = walked.next_batch()
+            >>> jumped.seek(7)
+            >>> [x.tolist() for x in (walked.next_batch()[0], jumped.next_batch()[0])] == 2 * [[[5, 6, 7, 8],
+            ...     [10, 11, 12, 13], [15, 16, 17, 18]]]
+            True
+        """
+        starts = (len(self.ids) - self.num_steps - 1) // self.skip_step + 1  # P
+        self.position = (batch * self.batch_size) % starts * self.skip_step
+
     def epoch(self):
         for _ in range(self.steps_per_epoch):
             yield self.next_batch()

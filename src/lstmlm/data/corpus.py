@@ -115,6 +115,28 @@ def read_split(config, split, vocabulary, cache=None):
     return ids, num_unknown
 
 
+def text_ids(text, vocabulary=None, max_vocabulary_size=0, lowercase=False, cache=None):
+    """(ids, vocabulary) of one text: a file, or a bundled split named like 'ptb.train'. Without a vocabulary
+    the text is a training split and its own vocabulary is built (at most `max_vocabulary_size` words, 0 = all).
+
+    Example:
+        >>> ids, vocabulary = text_ids("ptb.valid", cache=False)
+        >>> len(ids), len(vocabulary)
+        (73760, 6022)
+    """
+    name, _, split = str(text).partition(".")
+    if name in BUNDLED and split in BUNDLED[name] and not Path(text).exists():
+        source = bundled_source(name, split)
+    else:
+        source = TextSource(Path(text))
+    with open_cache(cache) as store:
+        if vocabulary is None:
+            vocabulary, ids, _ = _train_split(source, lowercase, max_vocabulary_size or None, store)
+        else:
+            ids, _, _ = _encoded(source, vocabulary, lowercase, store)
+    return ids, vocabulary
+
+
 def encode_file(path, vocabulary, lowercase=False):
     """(ids, number of words read as <unk>) of any text file (evaluate --file); streamed, not cached."""
     with open_cache(False) as store:
