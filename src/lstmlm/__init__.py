@@ -24,6 +24,7 @@ _EXPORTS = {
     "preset": "lstmlm.presets", "Vocabulary": "lstmlm.data.vocabulary", "train": "lstmlm.training.loop",
     "load": "lstmlm.inference.language_model", "LanguageModel": "lstmlm.inference.language_model",
     "evaluate_ids": "lstmlm.inference.evaluate", "load_run": "lstmlm.run_directory",
+    "save_run": "lstmlm.keras_fit", "ResetStates": "lstmlm.keras_fit",
 }
 __all__ = sorted([*_EXPORTS, "LSTM", "LSTMLanguageModel", "build_model"])
 
