@@ -10,6 +10,7 @@ The network runs as a step model (step_model.py) in the precision chosen by the 
 (prefix_cache.py): a prompt that extends an earlier one costs only its new words, with bit-identical results.
 """
 
+import dataclasses
 import string
 import time
 import warnings
@@ -172,16 +173,7 @@ class LanguageModel:
         if words is not None:
             warnings.warn("generate(words=...) is deprecated; use num_words=", DeprecationWarning, stacklevel=2)
             num_words = words
-        if num_words < 0:
-            raise LstmlmError(f"--num-words must be >= 0, got {num_words}")
-        if num_samples is not None and num_samples < 1:
-            raise LstmlmError(f"--num-samples must be positive, got {num_samples}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise LstmlmError(f"--seed must be a non-negative integer, got {seed!r}")  # numpy's error said less
-        try:
-            sampler = make_sampler(temperature, top_k, top_p)
-        except ValueError as error:
-            raise LstmlmError(f"sampling: {error}") from None
+        sampler = _checked_sampler(num_words, num_samples, seed, temperature, top_k, top_p)
         ids, prompt_words, unknown = self.encode_prompt(prompt)
         if num_samples is None:
             out = self._generate_rows(ids, num_words, sampler, [np.random.default_rng(seed)], deadline)[0]
@@ -199,21 +191,78 @@ class LanguageModel:
     def _generate_rows(self, ids, num_words, sampler, rngs, deadline=None):
         """One continuation of `ids` per Generator, all rows stepped together; lists of words (shorter than
         num_words if `deadline` passed)."""
+        out = [[] for _ in rngs]
+        for generated in self._steps(ids, num_words, sampler, rngs, deadline):
+            for row, word in zip(out, generated.words):
+                row.append(word)
+        return out
+
+    def _steps(self, ids, num_words, sampler, rngs, deadline=None, logprobs=None):
+        """Yield a GeneratedStep per word: the one loop behind `generate` and `stream`. Lazy on purpose: the
+        prompt runs on the first next(), each later next() runs one step, and a caller that stops asking (a
+        client gone) stops the compute; the step after the last word is never run."""
         step = self.step_model
         states = self._prompt_states(ids)
         logits = np.repeat(self._next_logits(states), len(rngs), axis=0)  # (rows, vocabulary)
         states = step.repeat(states, len(rngs))
-        out = [[] for _ in rngs]
         for position in range(num_words):
             if deadline is not None and time.monotonic() >= deadline:
-                break
+                return
             chosen = sample_rows(sampler, logits, rngs)
-            for row, index in zip(out, chosen):
-                row.append(self.vocabulary.words[index])
+            yield GeneratedStep([int(i) for i in chosen], [self.vocabulary.words[i] for i in chosen],
+                                None if logprobs is None else [self._log_probabilities(row, i, logprobs)
+                                                               for row, i in zip(logits, chosen)])
             if position + 1 < num_words:
                 _, states = step.run(np.asarray(chosen)[:, None], states)
                 logits = self._next_logits(states)
-        return out
+
+    def stream(self, prompt="", num_words=DEFAULT_NUM_WORDS, temperature=1.0, top_k=0, top_p=1.0, seed=None,
+               num_samples=1, *, deadline=None, logprobs=None):
+        """`generate`, one word at a time: a WordStream whose every next() computes one word per sample.
+
+        The words are exactly `generate`'s for the same arguments (num_samples=1 is `generate(...)` without
+        num_samples; N > 1 is `generate(..., num_samples=N)`, sample i seeded with seed + i). Nothing runs until
+        the first next(); stop iterating (or call close()) and nothing more is computed.
+
+        Args:
+            logprobs: None, or k >= 0: each step also carries, per sample, the chosen word's log-probability and
+                the k most likely words with theirs (natural log, the model's own distribution: temperature 1,
+                no top-k/top-p cut, whatever the sampling settings).
+
+        Example:
+            >>> words = model.stream("the cat", num_words=3, temperature=0)      # doctest: +SKIP
+            >>> [step.words[0] for step in words]                                # doctest: +SKIP
+            ['sees', 'the', 'ball']
+        """
+        sampler = _checked_sampler(num_words, num_samples, seed, temperature, top_k, top_p)
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+            raise LstmlmError(f"logprobs must be None or an integer >= 0, got {logprobs!r}")
+        ids, prompt_words, unknown = self.encode_prompt(prompt)
+        if num_samples == 1:
+            seeds = [seed]
+        else:
+            seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else seed
+            seeds = [seed + i for i in range(num_samples)]
+        steps = self._steps(ids, num_words, sampler, [np.random.default_rng(s) for s in seeds], deadline, logprobs)
+        return WordStream(steps, ids, prompt_words, unknown, seeds)
+
+    def _log_probabilities(self, logits, chosen, top):
+        """(log p of `chosen`, [(word, log p)] of the `top` most likely) under softmax(logits), in float64."""
+        log_p = np.asarray(logits, dtype=np.float64)
+        log_p = log_p - np.logaddexp.reduce(log_p)
+        if top == 0:
+            return float(log_p[chosen]), []
+        best = np.argpartition(-log_p, min(top, len(log_p)) - 1)[:top]
+        best = best[np.argsort(-log_p[best], kind="stable")]
+        return float(log_p[chosen]), [(self.vocabulary.words[i], float(log_p[i])) for i in best]
+
+    def prompt_log_probabilities(self, ids, top=0):
+        """For each of `ids` after the first (a prompt from `encode_prompt`, with its leading <eos>): (log p
+        given the ids before it, [(word, log p)] of the `top` most likely there). Computed as `score` does."""
+        if len(ids) < 2:
+            return []
+        logits = self._all_logits(ids[:-1])
+        return [self._log_probabilities(row, ids[t + 1], top) for t, row in enumerate(logits)]
 
     def score(self, text):
         """Log-probability (nats) of every word of `text` given the words before it (and a leading <eos>).
@@ -254,6 +303,67 @@ class LanguageModel:
             predicted.append(self.vocabulary.words[int(np.argmax(self._next_logits(states)[0]))])
             actual.append(self.vocabulary.words[int(ids[skip + i + steps])])
         return {"actual": actual, "predicted": predicted}
+
+
+def _checked_sampler(num_words, num_samples, seed, temperature, top_k, top_p):
+    """The sampler for generate/stream, after checking their arguments (one message per mistake)."""
+    if num_words < 0:
+        raise LstmlmError(f"--num-words must be >= 0, got {num_words}")
+    if num_samples is not None and num_samples < 1:
+        raise LstmlmError(f"--num-samples must be positive, got {num_samples}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise LstmlmError(f"--seed must be a non-negative integer, got {seed!r}")  # numpy's error said less
+    try:
+        return make_sampler(temperature, top_k, top_p)
+    except ValueError as error:
+        raise LstmlmError(f"sampling: {error}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratedStep:
+    """One generated word per sample: `ids`, `words`, and (when asked) `logprobs`, per sample a pair
+    (log p of its word, [(word, log p)] of the most likely words)."""
+
+    ids: list
+    words: list
+    logprobs: list | None = None
+
+
+class WordStream:
+    """What `LanguageModel.stream` returns: an iterator of GeneratedStep, one per word, computed on demand.
+
+    Attributes: prompt_ids (with the leading <eos>), prompt_words (as looked up), unknown_words, seeds (one per
+    sample; [None] for one unseeded sample).
+    """
+
+    def __init__(self, steps, prompt_ids, prompt_words, unknown_words, seeds):
+        self._steps = steps
+        self.prompt_ids, self.prompt_words, self.unknown_words, self.seeds = \
+            prompt_ids, prompt_words, unknown_words, seeds
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._steps)
+
+    def close(self):
+        """Stop: nothing more is computed."""
+        self._steps.close()
+
+
+def word_piece(word, previous=None):
+    r"""The text `word` adds after the word `previous` (None: nothing before it), spelt as `join_words` spells
+    it: the pieces of a word list concatenate to its `join_words` text, so a stream of pieces reads as the text.
+
+    Example:
+        >>> words = ["the", "cat", "<eos>", "a", "dog"]
+        >>> "".join(word_piece(w, p) for w, p in zip(words, [None] + words)) == join_words(words)
+        True
+    """
+    if word == EOS:
+        return "\n"
+    return word if previous is None or previous == EOS else " " + word
 
 
 def join_words(words):
