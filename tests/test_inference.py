@@ -13,12 +13,18 @@ from lstmlm.precision import inference_precision
 from lstmlm.inference.step_model import KerasStepModel
 
 PROMPTS = ["the cat", "my friend likes", "a bird hears the river today the dog", "", "zorblax the"]
-PRECISIONS = ["float32", "int8"] + (["bfloat16"] if torch_backend.bfloat16_supported() else [])
+PRECISIONS = ["float32", "int8", "bfloat16"]
 
 
 @pytest.fixture(scope="module")
 def models(tiny_run):
-    return {precision: load(tiny_run, precision=precision) for precision in PRECISIONS}
+    """One loaded model per precision. The bfloat16 one is loaded with the capability check forced to True:
+    torch computes bfloat16 on any CPU (without avx512_bf16 / AMX only slower), so the bfloat16 path is tested
+    on every machine, not only on those with native support. The precision is chosen at load, so the patch only
+    needs to cover the loading."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch_backend, "bfloat16_supported", lambda: True)
+        return {precision: load(tiny_run, precision=precision) for precision in PRECISIONS}
 
 
 def distribution(model, text):
@@ -43,8 +49,6 @@ def test_float32_is_the_keras_model_itself(models):
 # by 0.75).
 @pytest.mark.parametrize("precision,tolerance", [("bfloat16", 0.01), ("int8", 0.02)])
 def test_reduced_precision_probabilities_are_close_to_float32(models, precision, tolerance):
-    if precision not in models:
-        pytest.skip("no native bfloat16 here")
     for text in PROMPTS:
         exact, approximate = distribution(models["float32"], text), distribution(models[precision], text)
         assert set(exact) == set(approximate)

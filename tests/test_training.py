@@ -172,9 +172,8 @@ def test_window_batching_trains_and_records_position(toy_corpus, tmp_path):
     assert state["window_position"] == steps * 4 * 3  # no wrap in one short epoch with skip 3 < num_steps
 
 
-def test_bfloat16_refused_without_native_support(toy_corpus, tmp_path):
-    if torch_backend.bfloat16_supported():
-        pytest.skip("this machine has native bfloat16")
+def test_bfloat16_refused_without_native_support(toy_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch_backend, "bfloat16_supported", lambda: False)  # the refusal, on any machine
     with pytest.raises(LstmlmError, match="no native bfloat16"):
         run(tiny_config(toy_corpus, precision="bfloat16"), tmp_path / "bf16")
     assert not (tmp_path / "bf16").exists()
