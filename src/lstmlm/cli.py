@@ -216,12 +216,11 @@ class DeprecatedAlias(argparse.Action):
 
 
 def add_precision(parser):
-    """--precision for the verbs that run a trained model (the rule is in lstmlm/precision.py)."""
-    from lstmlm.precision import PRECISIONS
+    """--precision for the verbs that run a trained model (the flag and its rule are in lstmlm/precision.py, where
+    `lstmlm serve` takes it from too)."""
+    from lstmlm.precision import add_precision_argument
 
-    parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="auto (bfloat16 where the CPU/GPU has it, else float32), float32 (exact), bfloat16 or "
-                             "int8; default: the precision saved in the run")
+    add_precision_argument(parser)
 
 
 def add_epoch(parser):

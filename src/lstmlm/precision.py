@@ -69,3 +69,10 @@ def training_lstm_precision(precision, optimizer):
     if precision == "bfloat16" and optimizer in ADAPTIVE_OPTIMIZERS:
         return "float32"
     return precision
+
+
+def add_precision_argument(parser):
+    """--precision for the verbs that run a trained model (the CLI's and `lstmlm serve`'s; the rule is above)."""
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="auto (bfloat16 where the CPU/GPU has it, else float32), float32 (exact), bfloat16 or "
+                             "int8; default: the precision saved in the run")
