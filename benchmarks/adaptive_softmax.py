@@ -69,19 +69,23 @@ class Variant:
         import keras
 
         from lstmlm import torch_backend
+
+        from lstmlm.precision import resolve_precision
         from lstmlm.model.lstm_language_model import build_model
-        from lstmlm.training.loop import EpochProgress, Trainer
+        from lstmlm.training.epoch import Epoch
+        from lstmlm.training.trainer import Trainer
 
         keras.utils.set_random_seed(config.seed)
         model = build_model(config, vocabulary_size)
-        self.trainer = Trainer(config, model, torch_backend.resolve_precision(config.precision))
-        self.progress = EpochProgress(1, self.trainer.device, states=model.initial_states(config.batch_size))
+        self.trainer = Trainer(config, model, resolve_precision(config.precision))
+        self.progress = Epoch(1, self.trainer.device, states=model.initial_states(config.batch_size))
         self.batches, self.index, self.times, self.losses = batches, 0, [], []
         self.parameters = int(model.count_params())
 
     def step(self, timed=True):
         from lstmlm import torch_backend
-        from lstmlm.training.loop import train_step
+        from lstmlm.precision import resolve_precision
+        from lstmlm.training.trainer import train_step
 
         x, y = self.batches[self.index % len(self.batches)]
         self.index += 1

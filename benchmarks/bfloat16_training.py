@@ -51,7 +51,8 @@ def cut(split, lines, folder):
 def train_one(preset_name, overrides, train_path, valid_path, variant, out, seed=1):
     """Train one variant; returns its history rows."""
     from lstmlm import precision, torch_backend
-    from lstmlm.training import loop as training
+    from lstmlm.training import loop as loop_module
+    from lstmlm.training import trainer as trainer_module
     from lstmlm.presets import preset
     from lstmlm.run_directory import read_history
 
@@ -61,11 +62,11 @@ def train_one(preset_name, overrides, train_path, valid_path, variant, out, seed
     original_support, original_rule = torch_backend.bfloat16_supported, precision.training_lstm_precision
     torch_backend.bfloat16_supported = lambda: True  # bfloat16 runs on any CPU through torch
     if variant == VARIANTS[2]:
-        training.training_lstm_precision = lambda chosen, optimizer: chosen
+        trainer_module.training_lstm_precision = lambda chosen, optimizer: chosen
     try:
-        training.train(config, out=out, log=lambda line: None, command=["benchmark"], progress=False)
+        loop_module.train(config, out=out, log=lambda line: None, command=["benchmark"], progress=False)
     finally:
-        torch_backend.bfloat16_supported, training.training_lstm_precision = original_support, original_rule
+        torch_backend.bfloat16_supported, trainer_module.training_lstm_precision = original_support, original_rule
     return read_history(Path(out) / "history.csv")
 
 

@@ -153,12 +153,14 @@ def communication(config, steps, repeats):
 
     from lstmlm import torch_backend
 
+    from lstmlm.precision import resolve_precision
+
     from lstmlm.training import distributed
     from lstmlm.model.lstm_language_model import build_model
-    from lstmlm.training.loop import Trainer, train_step
+    from lstmlm.training.trainer import Trainer, train_step
 
     keras.utils.set_random_seed(config.seed)
-    trainer = Trainer(config, build_model(config, VOCABULARY), torch_backend.resolve_precision(config.precision))
+    trainer = Trainer(config, build_model(config, VOCABULARY), resolve_precision(config.precision))
     parameters = sum(p.numel() for p in trainer.parameters)
     buffer = torch.ones(parameters, dtype=torch.float32)
 

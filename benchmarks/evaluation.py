@@ -37,16 +37,18 @@ def prepare(directory, config, train_steps, tokens, log=print):
     import numpy as np
 
     from lstmlm import torch_backend
+
+    from lstmlm.precision import resolve_precision
     from lstmlm.data.batches import stream_batches
     from lstmlm.data.corpus import load_corpus
     from lstmlm.model.lstm_language_model import build_model
-    from lstmlm.training.loop import Trainer, train_step
+    from lstmlm.training.trainer import Trainer, train_step
 
     corpus = load_corpus(config)
     keras.utils.set_random_seed(config.seed)
     model = build_model(config, len(corpus.vocabulary))
     if train_steps:
-        trainer = Trainer(config, model, torch_backend.resolve_precision(config.precision))
+        trainer = Trainer(config, model, resolve_precision(config.precision))
         states = model.initial_states(config.batch_size)
         started = time.perf_counter()
         for index, (x, y) in enumerate(stream_batches(corpus["train"], config.batch_size, config.num_steps)):
@@ -113,6 +115,7 @@ def summarise(runs):
 
 def run(args, log=print):
     from lstmlm import torch_backend
+    from lstmlm.precision import resolve_precision
     from lstmlm.machine import cpu_info
     from lstmlm.presets import preset
 
@@ -130,7 +133,7 @@ def run(args, log=print):
             data = Path(args.data)
             config = preset(args.preset, train=str(data / "train.txt"), valid=str(data / "valid.txt"),
                             test=str(data / "test.txt"), max_vocabulary_size=args.max_vocabulary_size)
-        precision = args.precision or torch_backend.resolve_precision(config.precision)
+        precision = args.precision or resolve_precision(config.precision)
         prepared = prepare(directory, config, args.train_steps, args.tokens, log=log)
         runs = {str(tree): [] for tree in trees}
         for repeat in range(args.repeats):

@@ -32,6 +32,8 @@ def pieces(precision):
     import torch
 
     from lstmlm import torch_backend
+
+    from lstmlm.precision import resolve_precision
     from lstmlm.model.lstm_language_model import build_model
     from lstmlm.presets import preset
 
@@ -117,6 +119,7 @@ def measure(calls, precision, log=print):
 
 def main(argv=None):
     from lstmlm import torch_backend
+    from lstmlm.precision import resolve_precision
     from lstmlm.machine import cpu_info
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -129,7 +132,7 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    precision = args.precision or torch_backend.resolve_precision("auto")
+    precision = args.precision or resolve_precision("auto")
     load = os.getloadavg()
     result = {"precision": precision, "threads": torch.get_num_threads(), "cpu": cpu_info(),
               "load_average_start": [round(v, 2) for v in load],

@@ -94,16 +94,19 @@ class LstmlmStep:
         import keras
 
         from lstmlm import torch_backend
+
+        from lstmlm.precision import resolve_precision
         from lstmlm.model.lstm_language_model import build_model
         from lstmlm.presets import preset
-        from lstmlm.training.loop import EpochProgress, Trainer
+        from lstmlm.training.epoch import Epoch
+        from lstmlm.training.trainer import Trainer
 
         self.config = preset(config_name, precision=precision)
         keras.utils.set_random_seed(self.config.seed)
-        self.precision = torch_backend.resolve_precision(self.config.precision)
+        self.precision = resolve_precision(self.config.precision)
         self.trainer = Trainer(self.config, build_model(self.config, VOCABULARY), self.precision)
         carry = self.config.batching == "stream"
-        self.progress = EpochProgress(1, self.trainer.device,
+        self.progress = Epoch(1, self.trainer.device,
                                       states=self.trainer.model.initial_states(BATCH) if carry else None)
         self.batches = []  # the epoch so far: train_epoch runs from progress.batches_done on
         self.name = "lstmlm" if precision == "auto" else f"lstmlm {precision}"
@@ -114,7 +117,7 @@ class LstmlmStep:
             self.name += " compiled"
 
     def step(self, x, y):
-        from lstmlm.training.loop import train_epoch
+        from lstmlm.training.epoch import train_epoch
 
         self.batches.append((x, y))
         before = self.progress.loss.item()
@@ -272,11 +275,13 @@ def environment():
     import torch
 
     from lstmlm import torch_backend
+
+    from lstmlm.precision import resolve_precision
     from lstmlm.machine import cpu_info
 
     return {"cpu": cpu_info(), "torch": torch.__version__, "keras": keras.__version__,
             "keras_backend": keras.backend.backend(), "python": sys.version.split()[0],
-            "threads": torch.get_num_threads(), "precision_auto": torch_backend.resolve_precision("auto"),
+            "threads": torch.get_num_threads(), "precision_auto": resolve_precision("auto"),
             "load_average_start": [round(v, 2) for v in os.getloadavg()],
             # the widest vector ISA torch's own kernels dispatch to, and the caps the environment set on the three
             # kernel libraries (ATen, oneDNN, MKL): an AVX2-only run on an AVX-512 machine is recorded as such

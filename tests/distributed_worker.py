@@ -21,7 +21,8 @@ import time
 
 import lstmlm  # noqa: F401  (registers the Keras classes)
 from lstmlm.training import distributed
-from lstmlm.training import loop as training
+from lstmlm.training import epoch as epoch_module
+from lstmlm.training import loop as loop_module
 from lstmlm.config import Config
 from lstmlm.errors import LstmlmError
 
@@ -46,18 +47,18 @@ def instrumented(real_step, fault, losses):
 
 
 def run_job(job):
-    real_step, losses = training.train_step, []
-    training.train_step = instrumented(real_step, job.get("fault"), losses)
+    real_step, losses = epoch_module.train_step, []
+    epoch_module.train_step = instrumented(real_step, job.get("fault"), losses)
     try:
         if job.get("resume"):
             config = Config(epochs=job["epochs"]) if job.get("epochs") else None
-            training.train(config, resume=job["resume"], progress=False, command=["worker"])
+            loop_module.train(config, resume=job["resume"], progress=False, command=["worker"])
         else:
-            training.train(Config(**job["config"]), out=job["out"], progress=False, command=["worker"])
+            loop_module.train(Config(**job["config"]), out=job["out"], progress=False, command=["worker"])
     except KeyboardInterrupt as interrupt:  # signals.Interrupted: the run saved its checkpoint and stopped
         print(f"rank {distributed.rank()}: stopped ({interrupt})", file=sys.stderr, flush=True)
     finally:
-        training.train_step = real_step
+        epoch_module.train_step = real_step
     if job.get("losses"):
         with open(f"{job['losses']}.rank{distributed.rank()}.json", "w", encoding="utf-8") as file:
             json.dump(losses, file)

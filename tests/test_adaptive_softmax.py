@@ -18,14 +18,16 @@ from helpers import tiny_config, tree_digest
 from keras import ops
 
 from lstmlm import run_directory as rd
-from lstmlm.training import loop as train_module
+from lstmlm.training import epoch as epoch_module
 from lstmlm.model.adaptive_softmax import AdaptiveInput, AdaptiveSoftmax, parse_cutoffs, resolve_cutoffs
 from lstmlm.data.batches import num_stream_batches
 from lstmlm.cli import main
 from lstmlm.config import Config
 from lstmlm.errors import LstmlmError
 from lstmlm.model.lstm_language_model import LSTMLanguageModel, build_model
-from lstmlm.training.loop import HISTORY_FIELDS, Trainer, train, train_step
+from lstmlm.training.epoch import HISTORY_FIELDS
+from lstmlm.training.loop import train
+from lstmlm.training.trainer import Trainer, train_step
 
 torch = pytest.importorskip("torch")
 
@@ -280,7 +282,7 @@ def test_interrupted_adaptive_run_resumes_like_an_unbroken_one(toy_corpus, tmp_p
     config = tiny_config(toy_corpus, epochs=2, softmax="adaptive", cutoffs="4,12", tie_weights=tie, dropout=0.2,
                          layer_dropout=0.1, embedding_dropout=0.1)
     run(config, tmp_path / "straight")
-    out, real_step, calls = tmp_path / "interrupted", train_module.train_step, []
+    out, real_step, calls = tmp_path / "interrupted", epoch_module.train_step, []
     steps = num_stream_batches(int(read_history(tmp_path / "straight")[0]["train_tokens"]) + 1, 8, 8)
 
     def interrupting_step(*args, **kwargs):
@@ -289,10 +291,10 @@ def test_interrupted_adaptive_run_resumes_like_an_unbroken_one(toy_corpus, tmp_p
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_step", interrupting_step)
+    monkeypatch.setattr(epoch_module, "train_step", interrupting_step)
     with pytest.raises(KeyboardInterrupt):
         run(config, out)
-    monkeypatch.setattr(train_module, "train_step", real_step)
+    monkeypatch.setattr(epoch_module, "train_step", real_step)
     state = json.loads((out / "state.json").read_text())
     assert (state["epoch"], state["batch"]) == (1, 2)
     train(None, resume=out, log=lambda line: None, progress=False)

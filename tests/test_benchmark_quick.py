@@ -20,20 +20,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import throughput  # noqa: E402
 
 from lstmlm import torch_backend  # noqa: E402
-from lstmlm.training import loop as training  # noqa: E402
+
+from lstmlm.precision import resolve_precision
+from lstmlm.training import epoch as epoch_module  # noqa: E402
 from lstmlm.machine import cpu_info  # noqa: E402
 
 
 @pytest.mark.slow
 def test_quick_mode_times_the_real_steps(tmp_path, monkeypatch):
     calls = []
-    real_step = training.train_step
+    real_step = epoch_module.train_step
 
     def counting_step(*args, **kwargs):
         calls.append(1)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(training, "train_step", counting_step)
+    monkeypatch.setattr(epoch_module, "train_step", counting_step)
     result = throughput.run_quick(warmup=1, rounds=2, log=lambda line: None)
 
     assert result["mode"] == "quick"
@@ -42,9 +44,9 @@ def test_quick_mode_times_the_real_steps(tmp_path, monkeypatch):
     assert block["tokens_per_step"] == 20 * 20
     bfloat16 = cpu_info()["bfloat16"]
     assert set(block["variants"]) == ({"lstmlm", "pytorch", "pytorch-bf16"} if bfloat16 else {"lstmlm", "pytorch"})
-    assert calls == [1] * 3  # lstmlm's steps (1 warm-up + 2 timed) went through training.train_step
+    assert calls == [1] * 3  # lstmlm's steps (1 warm-up + 2 timed) went through epoch_module.train_step
     lstmlm = block["variants"]["lstmlm"]
-    assert lstmlm["precision"] == torch_backend.resolve_precision("auto")
+    assert lstmlm["precision"] == resolve_precision("auto")
     reference = "pytorch-bf16" if lstmlm["precision"] == "bfloat16" else "pytorch"
     assert result["same_precision_reference"] == reference
     for kind, row in block["variants"].items():

@@ -261,10 +261,10 @@ def test_read_state_of_a_finished_run(run):
 
 def test_read_state_of_an_interrupted_run(toy_corpus, tmp_path, monkeypatch, capsys):
     """Ctrl-C mid-epoch writes the LSTM states too; read_state loads them, one (h, c) pair per layer."""
-    from lstmlm.training import loop as training
+    from lstmlm.training import epoch as epoch_module
     from test_errors import train_argv
 
-    calls, real_step = [], training.train_step
+    calls, real_step = [], epoch_module.train_step
 
     def interrupting_step(*args, **kwargs):
         calls.append(1)
@@ -272,7 +272,7 @@ def test_read_state_of_an_interrupted_run(toy_corpus, tmp_path, monkeypatch, cap
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(training, "train_step", interrupting_step)
+    monkeypatch.setattr(epoch_module, "train_step", interrupting_step)
     assert main([str(a) for a in train_argv(toy_corpus, tmp_path / "out")]) == 130
     capsys.readouterr()
     saved = rd.read_state(tmp_path / "out")

@@ -24,9 +24,10 @@ from conftest import tiny_config
 from lstmlm import cli
 from lstmlm.training import distributed
 from lstmlm import run_directory as rd
-from lstmlm.training import loop as train_module
+from lstmlm.training import epoch as epoch_module
 from lstmlm.config import Config
-from lstmlm.training.loop import HISTORY_FIELDS, train
+from lstmlm.training.epoch import HISTORY_FIELDS
+from lstmlm.training.loop import train
 
 torch = pytest.importorskip("torch")
 if not torch.distributed.is_available():  # pragma: no cover
@@ -84,7 +85,7 @@ def _free_port():
 # ---- single-process references ---------------------------------------------------------------------------------
 def single_process(config, out, signal_at=None):
     """Train in this process, recording every step's loss; signal_at: SIGTERM to itself during that step."""
-    real_step, losses = train_module.train_step, []
+    real_step, losses = epoch_module.train_step, []
 
     def step(*args, **kwargs):
         if len(losses) + 1 == signal_at:
@@ -93,13 +94,13 @@ def single_process(config, out, signal_at=None):
         losses.append(float(loss))
         return loss, hits, states
 
-    train_module.train_step = step
+    epoch_module.train_step = step
     try:
         train(config, out=out, log=lambda line: None, progress=False, command=["test"])
     except KeyboardInterrupt:
         pass
     finally:
-        train_module.train_step = real_step
+        epoch_module.train_step = real_step
     return losses
 
 

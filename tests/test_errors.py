@@ -7,7 +7,7 @@ import pytest
 from helpers import tree_digest
 
 from lstmlm.data import corpus as corpus_module
-from lstmlm.training import loop as train_module
+from lstmlm.training import epoch as epoch_module
 from lstmlm.cli import main
 
 
@@ -155,7 +155,7 @@ def test_corrupted_bundled_data(capsys, tmp_path, monkeypatch):
 
 def test_ctrl_c_exits_130_and_leaves_a_resumable_run(capsys, toy_corpus, tmp_path, monkeypatch):
     calls = []
-    real_step = train_module.train_step
+    real_step = epoch_module.train_step
 
     def interrupting_step(*args, **kwargs):
         calls.append(1)
@@ -163,7 +163,7 @@ def test_ctrl_c_exits_130_and_leaves_a_resumable_run(capsys, toy_corpus, tmp_pat
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_step", interrupting_step)
+    monkeypatch.setattr(epoch_module, "train_step", interrupting_step)
     out = tmp_path / "out"
     status = main([str(a) for a in train_argv(toy_corpus, out)])
     captured = capsys.readouterr()
@@ -172,7 +172,7 @@ def test_ctrl_c_exits_130_and_leaves_a_resumable_run(capsys, toy_corpus, tmp_pat
     assert "interrupted in epoch 1 after 2 batches" in captured.err and "Traceback" not in captured.err
     assert (out / "checkpoints" / "interrupted.keras").is_file() and not (out / "model.keras").exists()
     fails(capsys, ["evaluate", out], r"missing model\.keras \(has training finished an epoch\?\)")
-    monkeypatch.setattr(train_module, "train_step", real_step)
+    monkeypatch.setattr(epoch_module, "train_step", real_step)
     assert main(["train", "--resume", str(out), "--no-report"]) == 0
     assert (out / "model.keras").is_file() and (out / "checkpoints" / "model-01.keras").is_file()
 

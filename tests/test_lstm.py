@@ -153,3 +153,44 @@ def test_config_round_trip():
     assert {k: config[k] for k in ("units", "init_scale", "weight_drop", "fused", "seed", "name")} == {
         "units": 5, "init_scale": 0.1, "weight_drop": 0.2, "fused": False, "seed": 4, "name": "lstm_x"}
     assert LSTM.from_config(config).get_config() == config
+
+
+def test_step_model_loop_is_the_one_cell():
+    """inference/step_model.py keeps its own loop (gates reordered i, f, o, g and laid out for batch invariance):
+    it must compute model/cell.py's equations, to float32 rounding, from the same weights and states."""
+    from lstmlm.inference.step_model import _IFOG, lstm_layer
+    from lstmlm.model.cell import lstm_cell
+
+    x, h, c = inputs(seed=5)
+    rng = np.random.default_rng(6)
+    kernel, recurrent_kernel = rng.normal(size=(INPUT, 4 * UNITS)), rng.normal(size=(UNITS, 4 * UNITS))
+    bias = rng.normal(size=4 * UNITS)
+
+    def ifog(weight):  # the step model's gate order, as TorchStepModel stores its weights
+        blocks = np.split(weight, 4, axis=-1)
+        return torch.as_tensor(np.concatenate([blocks[k] for k in _IFOG], axis=-1), dtype=torch.float32)
+
+    U, V, b = ifog(kernel), ifog(recurrent_kernel), ifog(bias)
+    outputs, h_step, c_step = lstm_layer(torch.as_tensor(x), torch.as_tensor(h), torch.as_tensor(c),
+                                         lambda rows: rows @ U + b, lambda rows: rows @ V)
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    h_cell, c_cell, expected = h.astype(np.float64), c.astype(np.float64), []
+    for t in range(TIME):
+        h_cell, c_cell, _ = lstm_cell(x[:, t] @ kernel + h_cell @ recurrent_kernel + bias, c_cell, sigmoid, np.tanh)
+        expected.append(h_cell)
+    np.testing.assert_allclose(outputs.numpy(), np.stack(expected, 1), atol=1e-5)
+    np.testing.assert_allclose(c_step.numpy(), c_cell, atol=1e-5)
+
+
+def test_cell_is_the_tutorials_equations():
+    """model/cell.py against the equations written out by hand (the tutorial's s = s_prev * f + g * i)."""
+    from lstmlm.model.cell import lstm_cell
+
+    rng = np.random.default_rng(7)
+    z, s_prev = rng.normal(size=(2, 12)), rng.normal(size=(2, 3))
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    h, s, (i, f, g, o) = lstm_cell(z, s_prev, sigmoid, np.tanh)
+    np.testing.assert_allclose(i, sigmoid(z[:, 0:3]))
+    np.testing.assert_allclose(g, np.tanh(z[:, 6:9]))
+    np.testing.assert_allclose(s, s_prev * sigmoid(z[:, 3:6]) + np.tanh(z[:, 6:9]) * sigmoid(z[:, 0:3]))
+    np.testing.assert_allclose(h, np.tanh(s) * sigmoid(z[:, 9:12]))

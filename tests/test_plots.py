@@ -73,7 +73,7 @@ def test_write_scalars_round_trip(tmp_path):
 @pytest.mark.skipif(not tensorboard_installed(), reason="needs lstmlm[tensorboard]")
 def test_training_with_tensorboard_logs_the_history(run_dir):
     from lstmlm.run_directory import read_history
-    from lstmlm.training.loop import HISTORY_FIELDS
+    from lstmlm.training.epoch import HISTORY_FIELDS
 
     scalars = read_scalars(run_dir / "tensorboard")
     history = read_history(run_dir / "history.csv")

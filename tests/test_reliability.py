@@ -22,7 +22,8 @@ from helpers import tiny_config, tree_digest, write_corpus
 from lstmlm import run_directory as rd
 from lstmlm.config import Config
 from lstmlm.errors import LstmlmError
-from lstmlm.training.loop import HISTORY_FIELDS, train
+from lstmlm.training.epoch import HISTORY_FIELDS
+from lstmlm.training.loop import train
 
 TIMING = {"tokens_per_second", "epoch_seconds", "wall_seconds"}
 LSTMLM = str(Path(sys.executable).with_name("lstmlm"))
@@ -113,9 +114,10 @@ def test_sigterm_inside_a_step_saves_a_resumable_checkpoint(longer_corpus, unbro
 def test_sighup_and_sigint_inside_a_step_wait_for_it(longer_corpus, unbroken, tmp_path, monkeypatch, name):
     """In-process: the signal arrives while train_step runs; the step completes and is counted, then we stop."""
     from lstmlm.training import signals
-    from lstmlm.training import loop as train_module
+    from lstmlm.training import epoch as epoch_module
+    from lstmlm.training import loop as loop_module
 
-    real_step, calls = train_module.train_step, []
+    real_step, calls = epoch_module.train_step, []
 
     def signalling_step(*args, **kwargs):
         calls.append(1)
@@ -123,14 +125,14 @@ def test_sighup_and_sigint_inside_a_step_wait_for_it(longer_corpus, unbroken, tm
             os.kill(os.getpid(), getattr(signal, name))  # delivered before the step's work is done
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_step", signalling_step)
+    monkeypatch.setattr(epoch_module, "train_step", signalling_step)
     out = tmp_path / "run"
     with pytest.raises(signals.Interrupted) as raised:
         train(fault_config(longer_corpus), out=out, log=lambda line: None, progress=False)
     assert raised.value.exit_status == 128 + getattr(signal, name)
     state = json.loads((out / rd.STATE).read_text())
     assert (state["epoch"], state["batch"]) == (1, 7)  # the 47th step (7th of epoch 2) finished and counted
-    monkeypatch.setattr(train_module, "train_step", real_step)
+    monkeypatch.setattr(epoch_module, "train_step", real_step)
     resume(out)
     assert_same_as_unbroken(out, unbroken)
 
@@ -140,9 +142,10 @@ def test_a_signal_between_epochs_keeps_the_epoch_checkpoint_and_says_how_to_resu
     """In-process: SIGTERM lands after epoch 1's checkpoint, before epoch 2's first batch (nothing new to save).
     The resume hint is still printed, the epoch checkpoint stands, and resuming equals the unbroken run."""
     from lstmlm.training import signals
-    from lstmlm.training import loop as train_module
+    from lstmlm.training import epoch as epoch_module
+    from lstmlm.training import loop as loop_module
 
-    real_epoch, calls = train_module.train_epoch, []
+    real_epoch, calls = loop_module.train_epoch, []
 
     def signalled_epoch(*args, **kwargs):
         calls.append(1)
@@ -150,7 +153,7 @@ def test_a_signal_between_epochs_keeps_the_epoch_checkpoint_and_says_how_to_resu
             raise signals.Interrupted(signal.SIGTERM)  # as the handler raises it between steps
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_epoch", signalled_epoch)
+    monkeypatch.setattr(loop_module, "train_epoch", signalled_epoch)
     out, lines = tmp_path / "run", []
     with pytest.raises(signals.Interrupted):
         train(fault_config(longer_corpus), out=out, log=lines.append, progress=False)
@@ -158,7 +161,7 @@ def test_a_signal_between_epochs_keeps_the_epoch_checkpoint_and_says_how_to_resu
                          f"continue with: lstmlm train --resume {out}")
     state = json.loads((out / rd.STATE).read_text())
     assert (state["epoch"], state["batch"]) == (1, 0)
-    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
+    monkeypatch.setattr(loop_module, "train_epoch", real_epoch)
     resume(out)
     assert_same_as_unbroken(out, unbroken)
 
@@ -282,6 +285,10 @@ def test_huge_learning_rate_through_the_cli_never_tracebacks(toy_corpus, tmp_pat
          "--learning-rate", "1e6", "--optimizer", "sgd", "--clip-norm", "0", "--out", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=240)
     assert "Traceback" not in completed.stderr and "OverflowError" not in completed.stderr
-    if completed.returncode:
-        assert completed.returncode == 2
-        assert completed.stderr.strip().splitlines()[-1].startswith("lstmlm: error: epoch 1, batch ")
+    # Issue 19: such a run has diverged (its loss far above uniform's, finite or not): one error line, exit 2,
+    # and no best model announced or written
+    assert completed.returncode == 2
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith("lstmlm: error: epoch 1") and ("diverged" in last or "non-finite" in last), last
+    assert "best model" not in completed.stdout + completed.stderr
+    assert not (tmp_path / "run" / "model.keras").exists()

@@ -13,12 +13,14 @@ from helpers import zipf_text
 
 from lstmlm import run_directory as rd
 from lstmlm import torch_backend
-from lstmlm.training import loop as train_module
+from lstmlm.training import epoch as epoch_module
+from lstmlm.training import trainer as trainer_module
 from lstmlm.data.batches import num_stream_batches
 from lstmlm.config import Config
 from lstmlm.errors import LstmlmError
 from lstmlm.model.lstm_language_model import build_model
-from lstmlm.training.loop import HISTORY_FIELDS, train
+from lstmlm.training.epoch import HISTORY_FIELDS
+from lstmlm.training.loop import train
 
 torch = pytest.importorskip("torch")
 
@@ -129,7 +131,7 @@ def test_interrupted_run_keeps_checkpoints_and_resumes(toy_corpus, tmp_path, mon
     config = tiny_config(toy_corpus, epochs=3)
     run(config, tmp_path / "straight")
     out = tmp_path / "interrupted"
-    real_step = train_module.train_step
+    real_step = epoch_module.train_step
     calls, snapshot = [], {}
 
     def log(line):
@@ -145,10 +147,10 @@ def test_interrupted_run_keeps_checkpoints_and_resumes(toy_corpus, tmp_path, mon
     # an epoch has n batches: interrupt in the 4th batch of epoch 2, after 3 finished ones
     n = num_stream_batches(int(read_history(tmp_path / "straight")[0]["train_tokens"]) + 1, 8, 8)
     snapshot["_interrupt_at"] = n + 4
-    monkeypatch.setattr(train_module, "train_step", interrupting_step)
+    monkeypatch.setattr(epoch_module, "train_step", interrupting_step)
     with pytest.raises(KeyboardInterrupt):
         train(config, out=out, log=log, progress=False)
-    monkeypatch.setattr(train_module, "train_step", real_step)
+    monkeypatch.setattr(epoch_module, "train_step", real_step)
     del snapshot["_interrupt_at"]
     after = tree_digest(out)
     for name in ("checkpoints/model-01.keras", "model.keras", "history.csv", "vocab.txt"):
@@ -194,13 +196,13 @@ def test_bfloat16_and_float32_losses_agree(toy_corpus):
             model.set_weights(reference_weights)
         else:
             reference_weights = model.get_weights()
-        trainer = train_module.Trainer(config, model, precision)
+        trainer = trainer_module.Trainer(config, model, precision)
         states, values = model.initial_states(8), []
         try:
             for index, (x, y) in enumerate(stream_batches(corpus["train"], 8, 8)):
                 if index == 12:
                     break
-                loss, _, states = train_module.train_step(trainer, x, y, states)
+                loss, _, states = epoch_module.train_step(trainer, x, y, states)
                 states = [(h.detach().float(), c.detach().float()) for h, c in states]
                 values.append(float(loss))
         except RuntimeError as error:  # pragma: no cover - depends on the CPU's bfloat16 kernels
@@ -218,12 +220,12 @@ def _training_losses(config, corpus, precision, steps, lstm_precision=None):
 
     keras.utils.set_random_seed(config.seed)
     model = build_model(config, len(corpus.vocabulary))
-    trainer = train_module.Trainer(config, model, precision)
+    trainer = trainer_module.Trainer(config, model, precision)
     if lstm_precision is not None:
         trainer.lstm_precision = lstm_precision
     states, losses = model.initial_states(config.batch_size), []
     for x, y in stream_batches(corpus["train"], config.batch_size, config.num_steps):
-        loss, _, states = train_module.train_step(trainer, x, y, states)
+        loss, _, states = epoch_module.train_step(trainer, x, y, states)
         states = torch_backend.repackage_hidden(states)
         losses.append(float(loss))
         if len(losses) == steps:
@@ -261,7 +263,7 @@ def test_bfloat16_with_adam_tracks_float32_as_sgd_does(zipf_corpus, monkeypatch)
         assert abs(bfloat16[-100:].mean() - float32[-100:].mean()) < tolerance, optimizer
         assert not np.array_equal(bfloat16, float32)  # bfloat16 really was used
         if optimizer == "adam":
-            assert train_module.Trainer(config, build_model(config, 50), "bfloat16").lstm_precision == "float32"
+            assert trainer_module.Trainer(config, build_model(config, 50), "bfloat16").lstm_precision == "float32"
             before_fix = _training_losses(config, corpus, "bfloat16", steps, lstm_precision="bfloat16")
             assert before_fix[-100:].mean() - float32[-100:].mean() > 3 * tolerance
 
@@ -278,10 +280,10 @@ def test_bfloat16_lstm_gradients_of_saturated_gates(toy_corpus, monkeypatch):
     gradients = {}
     for precision, lstm_precision in (("float32", None), ("bfloat16", None), ("bfloat16", "bfloat16")):
         keras.utils.set_random_seed(1)
-        trainer = train_module.Trainer(config, build_model(config, 20), precision)
+        trainer = trainer_module.Trainer(config, build_model(config, 20), precision)
         trainer.lstm_precision = lstm_precision or trainer.lstm_precision
         trainer.optimizer.step = lambda: None  # gradients only
-        train_module.train_step(trainer, x, (x + 1) % 20, trainer.model.initial_states(8))
+        epoch_module.train_step(trainer, x, (x + 1) % 20, trainer.model.initial_states(8))
         gradients[precision, lstm_precision] = [v.value.grad.clone() for v in trainer.model.trainable_variables
                                                 if "lstm" in v.path and "kernel" in v.path]
 
@@ -307,3 +309,24 @@ def test_resume_of_a_copy_leaves_the_original_untouched(tiny_run, tmp_path):
     train(Config(epochs=4), resume=copy, log=lambda line: None, progress=False)
     assert len(read_history(copy)) == 4
     assert tree_digest(tiny_run) == before
+
+
+def test_a_diverging_run_stops_with_one_line_and_announces_no_best_model(toy_corpus, tmp_path, monkeypatch):
+    """Issue 19: a loss far above guessing uniformly (ln(vocabulary) + 1 nats) is divergence, finite or not:
+    checked on the epoch's running training loss every DIVERGENCE_CHECK_BATCHES batches (5 here, for a short
+    epoch) and on every validation; the run stops with an LstmlmError naming it and what to try, and writes
+    no model.keras."""
+    from lstmlm.training import loop as loop_module
+
+    monkeypatch.setattr(loop_module, "DIVERGENCE_CHECK_BATCHES", 5)
+    config = tiny_config(toy_corpus, optimizer="sgd", learning_rate=1e6, clip_norm=0.0, epochs=2)
+    with pytest.raises(LstmlmError, match=r"^epoch 1.*diverged.*lower --learning-rate \(now 1e\+06\)"):
+        train(config, out=tmp_path / "diverged", log=lambda line: None, progress=False)
+    assert not (tmp_path / "diverged" / "model.keras").exists()
+    assert not (tmp_path / "diverged" / "state.json").exists()
+
+
+def test_divergence_bound_is_uniform_plus_a_margin():
+    from lstmlm.training.epoch import DIVERGENCE_MARGIN, divergence_bound
+
+    assert divergence_bound(26) == pytest.approx(math.log(26) + DIVERGENCE_MARGIN)

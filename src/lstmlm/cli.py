@@ -24,8 +24,10 @@ import importlib
 import json
 import os
 import sys
+import types
 import typing
 
+import lstmlm
 from lstmlm.errors import LstmlmError
 
 EXTRA_VERBS = {"serve": "lstmlm.serving.server", "export": "lstmlm.inference.export", "plot": "lstmlm.analysis.plots",
@@ -49,9 +51,10 @@ class Parser(argparse.ArgumentParser):
 def _field_type(field):
     if field.type in (bool, "bool"):
         return bool
-    hints = typing.get_type_hints(__import__("lstmlm.config", fromlist=["Config"]).Config)
-    kind = hints[field.name]
-    if typing.get_origin(kind) in (typing.Union, __import__("types").UnionType):
+    from lstmlm.config import Config
+
+    kind = typing.get_type_hints(Config)[field.name]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     return kind
 
@@ -95,17 +98,8 @@ def add_train(subparsers):
     for old, new in DEPRECATED_NAMES.items():  # published commands keep working, with a note
         field = next(f for f in dataclasses.fields(Config) if f.name == new)
         group.add_argument(f"--{flag(old)}", dest=new, default=None, type=_positive_or_any(_field_type(field)),
-                           action=_deprecated(f"--{flag(new)}"), help=argparse.SUPPRESS)
+                           action=DeprecatedAlias, replacement=f"--{flag(new)}")
     parser.set_defaults(run=run_train)
-
-
-def _deprecated(replacement):
-    class Deprecated(argparse.Action):
-        def __call__(self, parser, namespace, values, option_string=None):
-            print(f"lstmlm: note: {option_string} is deprecated; use {replacement}", file=sys.stderr)
-            setattr(namespace, self.dest, values)
-
-    return Deprecated
 
 
 def resolve_config(args):
@@ -374,7 +368,7 @@ def run_score(args):
 
 def build_parser():
     parser = Parser(prog="lstmlm", description="Word-level LSTM language models (Keras 3).")
-    parser.add_argument("--version", action="version", version=__import__("lstmlm").__version__)
+    parser.add_argument("--version", action="version", version=lstmlm.__version__)
     subparsers = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
     for add in (add_train, add_evaluate, add_predict, add_generate, add_score):
         add(subparsers)

@@ -198,11 +198,6 @@ def flag(name):
     return name.replace("_", "-")
 
 
-def load_config(path):
-    """The Config in a JSON file (a bare dict of fields, or a run's config.json)."""
-    return Config.from_dict(load_config_values(path), source=str(path))
-
-
 def load_config_values(path):
     """The fields set in a JSON config file, checked against Config's field names."""
     path = Path(path)

@@ -1,4 +1,5 @@
-"""The one rule for the numeric precision of inference (predict, generate, score, evaluate, serve, `load()`).
+"""The one rule for numeric precision, in training (`train`) and inference (predict, generate, score, evaluate,
+serve, `load()`).
 
 1. `--precision` (the API's `precision=`) wins when given: auto, float32, bfloat16 or int8.
 2. Otherwise the precision saved in the run's config.json (`precision`, what training was asked for: auto by
@@ -19,8 +20,31 @@ from lstmlm import torch_backend
 from lstmlm.errors import LstmlmError
 
 PRECISIONS = ("auto", "float32", "bfloat16", "int8")
+NO_BFLOAT16 = ("--precision bfloat16: this machine has no native bfloat16 (needs a CPU with avx512_bf16/AMX or a "
+               "CUDA GPU with bf16, and the torch backend); use auto, float32 or, for inference, int8")
 # Optimizers that divide each parameter's step by its own running gradient size (see training_lstm_precision).
 ADAPTIVE_OPTIMIZERS = ("adam", "adamw")
+
+
+def resolve_precision(precision):
+    """'auto' -> 'bfloat16' where the hardware computes in it natively, else 'float32'; others unchanged.
+
+    Example:
+        >>> resolve_precision("float32")
+        'float32'
+    """
+    if precision == "auto":
+        return "bfloat16" if torch_backend.bfloat16_supported() else "float32"
+    return precision
+
+
+def training_precision(requested):
+    """The precision training runs in: `requested` (the config's `precision`) resolved; bfloat16 where the
+    hardware lacks it is an error (rule 4: training asks for it on the command line or in a config)."""
+    choice = resolve_precision(requested)
+    if choice == "bfloat16" and not torch_backend.bfloat16_supported():
+        raise LstmlmError(NO_BFLOAT16)
+    return choice
 
 
 def inference_precision(requested=None, saved="auto"):
@@ -40,14 +64,11 @@ def inference_precision(requested=None, saved="auto"):
     """
     if requested is not None and requested not in PRECISIONS:
         raise LstmlmError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
-    choice = requested or saved or "auto"
-    if choice == "auto":
-        return "bfloat16" if torch_backend.bfloat16_supported() else "float32"
+    choice = resolve_precision(requested or saved or "auto")
     if choice == "bfloat16" and not torch_backend.bfloat16_supported():
         if requested is None:
             return "float32"  # trained in bfloat16 on other hardware; this machine has no bfloat16 kernels
-        raise LstmlmError("--precision bfloat16: this machine has no native bfloat16 (needs a CPU with "
-                          "avx512_bf16/AMX or a CUDA GPU with bf16, and the torch backend); use auto, float32 or int8")
+        raise LstmlmError(NO_BFLOAT16)
     if choice == "int8" and not torch_backend.is_torch():
         raise LstmlmError("--precision int8 needs the torch backend (KERAS_BACKEND=torch)")
     return choice

@@ -1,12 +1,20 @@
 """The run directory: everything evaluate / predict / generate / serve need, and nothing they must not trust.
+This is the one description of its layout (the README and training/checkpoints.py point here).
 
     RUN_DIR/
-      config.json            the Config, the command line, versions, device, precision
-      vocab.txt              word<TAB>count in id order
-      model.keras            the best-validation model (keras.saving.load_model after `import lstmlm`)
-      history.csv            one row per epoch (see training.HISTORY_FIELDS)
-      state.json             where training stands (for --resume)
-      checkpoints/model-NN.keras every epoch; optimizer-NN.npz (and states-*.npz after Ctrl-C) for --resume
+      config.json                    the Config, the command line, versions, device, precision
+      vocab.txt                      word<TAB>count in id order
+      model.keras                    the best-validation model (keras.saving.load_model after `import lstmlm`)
+      history.csv                    one row per finished epoch (training/epoch.py: HISTORY_FIELDS)
+      state.json                     where training stands (for --resume): names the checkpoint, optimizer
+                                     and states files below, and is written last, after all of them
+      checkpoints/model-NN.keras     the model after epoch NN (every epoch; --keep-checkpoints N keeps the newest N)
+      checkpoints/interrupted.keras  the resumable mid-epoch checkpoint (Ctrl-C, SIGTERM, SIGHUP, and every
+                                     --checkpoint-minutes); the next one goes to interrupted-1.keras, then back:
+                                     a file state.json names is never overwritten
+      checkpoints/optimizer-TAG.npz  the optimizer state belonging to model-TAG / TAG.keras
+      checkpoints/states-TAG.npz     the LSTM states of a mid-epoch checkpoint (stream batching)
+      tensorboard/                   TensorBoard scalars, with --tensorboard
 
 Every file is written through lstmlm.files.atomic_path (a temporary name, then a rename), so an interrupted write never leaves a
 half-written file where a good one was. No pickle anywhere: JSON, text, .keras (zip of JSON + HDF5) and .npz.

@@ -7,7 +7,7 @@
 - `cross_entropy`: the training loss and its top-1 hits in one pass over the logits, gradient included;
   `scores`: evaluation's loss, top-1 and top-5 the same way.
 - `dropout`: dropout masks from a torch.Generator seeded by a Keras SeedGenerator (same reproducibility).
-- `precision_context` / `resolve_precision`: bfloat16 autocast where the hardware runs it natively.
+- `precision_context`: bfloat16 autocast (precision.py decides where); `float32_lstm`: the LSTM outside it.
 - `no_grad`: inference without building an autograd graph; `repackage_hidden`: the truncated-BPTT detach.
 """
 
@@ -163,13 +163,6 @@ def bfloat16_supported():
     from lstmlm.machine import cpu_info
 
     return cpu_info()["bfloat16"]
-
-
-def resolve_precision(precision):
-    """'auto' -> 'bfloat16' where supported, else 'float32'."""
-    if precision == "auto":
-        return "bfloat16" if bfloat16_supported() else "float32"
-    return precision
 
 
 def device_type():

@@ -1,19 +1,12 @@
-"""A reference LSTM cell in plain numpy (float64), run on a trained model's weights to expose every gate.
+"""The LSTM cell in plain numpy (float64), run on a trained model's weights to expose every gate.
 
-The equations, in the tutorial's notation (x = input, h_prev = previous output, s = internal cell state):
-
-    g = tanh(b_g + x U_g + h_prev V_g)          cell input ("input squash")
-    i = sigmoid(b_i + x U_i + h_prev V_i)        input gate
-    f = sigmoid(b_f + x U_f + h_prev V_f)        forget gate
-    o = sigmoid(b_o + x U_o + h_prev V_o)        output gate
-    s = s_prev * f + g * i                        cell state
-    h = tanh(s) * o                               hidden state (the layer's output)
-
+The equations are model/cell.py's (the tutorial's notation: x = input, h_prev = previous output, s = internal
+cell state; g the input squash, i, f, o the gates, s = s_prev * f + g * i, h = tanh(s) * o), run here in float64.
 The trained layers hold U, V and b in the Keras layout: `kernel` (input_dim, 4 * units), `recurrent_kernel`
 (units, 4 * units) and `bias` (4 * units), each the four gates side by side in the order i, f, g, o.
-`split_weights` cuts them into U_i, U_f, ... so the step below reads exactly like the equations.
+`split_weights` cuts them into U_i, U_f, ... so each gate's pre-activation reads like its equation.
 
-Why a second implementation: the trained model runs through torch's fused kernel, which returns only h (and the
+Why a second run of the cell: the trained model runs through torch's fused kernel, which returns only h (and the
 final s). This loop is slow but shows i, f, g, o and s at every step, and a test checks it reproduces the fused
 kernel's h and s to 1e-5, so what the inspector draws is what the model computes.
 """
@@ -21,7 +14,7 @@ kernel's h and s to 1e-5, so what the inspector draws is what the model computes
 import numpy as np
 from keras import ops
 
-KERAS_GATE_ORDER = ("i", "f", "g", "o")  # how keras.layers.LSTM (and lstmlm.model.lstm.LSTM) stack the gates
+from lstmlm.model.cell import KERAS_GATE_ORDER, lstm_cell
 TRACE_NAMES = ("input_gate", "forget_gate", "cell_input", "output_gate", "cell_state", "hidden_state")
 
 
@@ -60,7 +53,7 @@ def split_weights(layer):
 
 
 def lstm_step(x, h_prev, s_prev, weights):
-    """One time step of the equations above.
+    """One time step of the cell (model/cell.py).
 
     Args:
         x: (input_dim,) input; h_prev, s_prev: (units,) previous hidden and cell state.
@@ -74,12 +67,8 @@ def lstm_step(x, h_prev, s_prev, weights):
         array([0.5])
     """
     W = weights
-    g = np.tanh(W["b_g"] + x @ W["U_g"] + h_prev @ W["V_g"])
-    i = sigmoid(W["b_i"] + x @ W["U_i"] + h_prev @ W["V_i"])
-    f = sigmoid(W["b_f"] + x @ W["U_f"] + h_prev @ W["V_f"])
-    o = sigmoid(W["b_o"] + x @ W["U_o"] + h_prev @ W["V_o"])
-    s = s_prev * f + g * i
-    h = np.tanh(s) * o
+    z = np.concatenate([W[f"b_{n}"] + x @ W[f"U_{n}"] + h_prev @ W[f"V_{n}"] for n in KERAS_GATE_ORDER])  # (4 units,)
+    h, s, (i, f, g, o) = lstm_cell(z, s_prev, sigmoid, np.tanh)
     return {"input_gate": i, "forget_gate": f, "cell_input": g, "output_gate": o, "cell_state": s, "hidden_state": h}
 
 

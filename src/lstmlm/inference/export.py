@@ -23,6 +23,7 @@ from pathlib import Path
 
 from lstmlm.errors import LstmlmError
 from lstmlm.files import atomic_path, atomic_write_text
+from lstmlm.model.cell import lstm_cell
 
 INSTALL_HINT = "lstmlm export needs the onnx extra: pip install 'lstmlm[onnx]'"
 OPSET = 18
@@ -52,9 +53,7 @@ def step_module(step_model):
             hs, cs = [], []
             for layer in range(len(self.w_ih)):
                 gates = x @ self.w_ih[layer] + h[layer] @ self.w_hh[layer] + self.bias[layer]  # (batch, 4H): i f g o
-                i, f, g, o = gates.chunk(4, dim=1)
-                new_c = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
-                x = torch.sigmoid(o) * torch.tanh(new_c)
+                x, new_c, _ = lstm_cell(gates, c[layer], torch.sigmoid, torch.tanh)
                 hs.append(x)
                 cs.append(new_c)
             return x @ self.output_weight + self.output_bias, torch.stack(hs), torch.stack(cs)

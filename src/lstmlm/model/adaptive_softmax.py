@@ -327,12 +327,7 @@ class AdaptiveSoftmax(keras.layers.Layer):
         def count(rows, i, target_rows, within, above, tied):
             """Add cluster i's words ((n, cluster words) log softmax `within`) to tokens `rows`' counts."""
             log_probs = ops.take(clusters[i - 1], rows)[:, None] + within  # log p(word), as log_probabilities
-            t = target_rows[:, None]
-            above = ops.scatter_update(above, rows[:, None], ops.take(above, rows) + ops.sum(
-                ops.cast(log_probs > t, "float32"), axis=1))
-            tied = ops.scatter_update(tied, rows[:, None], ops.take(tied, rows) + ops.sum(
-                ops.cast(log_probs == t, "float32"), axis=1))
-            return above, tied
+            return _add_counts(above, tied, rows, log_probs, target_rows)
 
         def within(rows, i):
             return self._cluster_log_probs(ops.take(hidden, rows, axis=0), i, *tails[i - 1])  # (n, cluster words)
@@ -356,12 +351,21 @@ class AdaptiveSoftmax(keras.layers.Layer):
             if rows.shape[0] > 0:
                 above, tied = count(rows, i, ops.take(target, rows), within(rows, i), above, tied)
         tied = ops.maximum(tied, 1.0)  # the target ties with itself (guards a NaN log-probability)
-        top1 = ops.sum(ops.minimum(ops.maximum(1.0 - above, 0.0) / tied, 1.0))
-        topk = ops.sum(ops.minimum(ops.maximum(k - above, 0.0) / tied, 1.0))
-        nll = -np.sum(ops.convert_to_numpy(target), dtype=np.float64)
-        return float(nll), float(top1), float(topk)
+        top1, topk = (ops.sum(ops.minimum(ops.maximum(limit - above, 0.0) / tied, 1.0)) for limit in (1.0, k))
+        return -float(np.sum(ops.convert_to_numpy(target), dtype=np.float64)), float(top1), float(topk)
 
     def get_config(self):
         return {**super().get_config(), "vocabulary_size": self.vocabulary_size, "input_size": self.input_size,
                 "cutoffs": self.cutoffs, "factor": self.factor, "tied": self.tied, "init_scale": self.init_scale,
                 "seed": self.seed}
+
+
+def _add_counts(above, tied, rows, log_probs, target_rows):
+    """Add to tokens `rows`' counts the words of (n, words) `log_probs` more likely than (above) and as likely as
+    (tied) each row's target log-probability; returns (above, tied)."""
+    t = target_rows[:, None]
+    above = ops.scatter_update(above, rows[:, None], ops.take(above, rows) + ops.sum(
+        ops.cast(log_probs > t, "float32"), axis=1))
+    tied = ops.scatter_update(tied, rows[:, None], ops.take(tied, rows) + ops.sum(
+        ops.cast(log_probs == t, "float32"), axis=1))
+    return above, tied

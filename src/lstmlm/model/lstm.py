@@ -1,13 +1,7 @@
 """One LSTM layer with the same weights as `keras.layers.LSTM`, runnable through a fused kernel.
 
-The cell, in the tutorial's notation (x = input, h = previous output, s = internal state):
-
-    g = tanh(b_g + x U_g + h V_g)          input squash
-    i = sigmoid(b_i + x U_i + h V_i)        input gate
-    f = sigmoid(b_f + x U_f + h V_f)        forget gate
-    o = sigmoid(b_o + x U_o + h V_o)        output gate
-    s = s_prev * f + g * i
-    h = tanh(s) * o
+The cell is the tutorial's (model/cell.py has its equations: input squash g, gates i, f, o,
+s = s_prev * f + g * i, h = tanh(s) * o).
 
 Keras stores U for all four gates side by side as `kernel` (input_dim, 4 * units) in the order i, f, g, o,
 V as `recurrent_kernel` (units, 4 * units) and b as `bias` (4 * units). This layer keeps exactly that layout
@@ -24,11 +18,12 @@ import keras
 from keras import ops
 
 from lstmlm import torch_backend
+from lstmlm.model.cell import lstm_cell
 from lstmlm.model.regularization import weight_drop as drop_weights
 
 
 def lstm_loop(inputs, h, c, kernel, recurrent_kernel, bias):
-    """The equations above, one time step at a time, in keras.ops (any backend); the products in the
+    """The cell's equations (cell.py), one time step at a time, in keras.ops (any backend); the products in the
     ambient precision (bfloat16 under autocast), the gates and the state always in float32.
 
     Args:
@@ -42,10 +37,7 @@ def lstm_loop(inputs, h, c, kernel, recurrent_kernel, bias):
         z = projected[:, t] + ops.matmul(h, recurrent_kernel)  # (batch, 4 * units)
         # The gates and the state in float32 even when the products ran in bfloat16 (autocast): a gate's
         # derivative s * (1 - s) must not round to 0 when it saturates (torch_backend.float32_lstm says why).
-        i, f, g, o = ops.split(ops.cast(z, "float32"), 4, axis=-1)
-        i, f, g, o = ops.sigmoid(i), ops.sigmoid(f), ops.tanh(g), ops.sigmoid(o)
-        c = c * f + g * i
-        h = ops.tanh(c) * o
+        h, c, _ = lstm_cell(ops.cast(z, "float32"), c, ops.sigmoid, ops.tanh)
         outputs.append(h)
     return ops.stack(outputs, axis=1), h, c
 

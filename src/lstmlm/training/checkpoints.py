@@ -1,14 +1,5 @@
-"""The files training writes into a run directory, and the one rule that keeps them consistent.
-
-    checkpoints/model-NN.keras     the model after epoch NN (every epoch; --keep-checkpoints N keeps the newest N)
-    checkpoints/interrupted.keras  the resumable mid-epoch checkpoint (Ctrl-C, SIGTERM, SIGHUP, and every
-                                   --checkpoint-minutes; only the newest is kept); the next one goes to
-                                   interrupted-1.keras, then back: a file state.json names is never overwritten
-    checkpoints/optimizer-TAG.npz  the optimizer state belonging to model-TAG / TAG.keras
-    checkpoints/states-TAG.npz     the LSTM states of a mid-epoch checkpoint (stream batching)
-    model.keras                    the best-validation model
-    history.csv                    one row per finished epoch
-    state.json                     where training stands: names the checkpoint, optimizer and states files
+"""The files training writes into a run directory (their layout: run_directory.py), and the one rule that
+keeps them consistent.
 
 Every file is written atomically (lstmlm.files), and state.json is written last, after every file it names: a
 crash at any moment leaves state.json naming a complete, consistent set. No write replaces a file the current
@@ -30,15 +21,16 @@ class Checkpoints:
     Args:
         run_dir: the run directory (its checkpoints/ folder exists).
         keep: keep only the newest `keep` epoch checkpoints (0 = all).
+        writer: False in every process of a data-parallel run but the one that writes: it writes nothing.
 
     Example:
         >>> Checkpoints("runs/x").epoch_file(7)
         'checkpoints/model-07.keras'
     """
 
-    def __init__(self, run_dir, keep=0):
+    def __init__(self, run_dir, keep=0, writer=True):
         self.run_dir = Path(run_dir)
-        self.keep = keep
+        self.keep, self.writer = keep, writer
         state = self.run_dir / rd.STATE
         self.named = rd.read_json(state)["checkpoint"] if state.exists() else None  # what state.json names
 
@@ -46,25 +38,29 @@ class Checkpoints:
     def epoch_file(epoch):
         return rd.epoch_model_file(epoch)
 
-    def save_epoch(self, trainer, progress, history, fields, is_best, wall_seconds):
+    def save_epoch(self, trainer, epoch, history, fields, is_best, wall_seconds):
         """After an epoch's validation: its checkpoint, model.keras if best, history.csv, then state.json."""
-        checkpoint = self.epoch_file(progress.epoch)
+        if not self.writer:
+            return
+        checkpoint = self.epoch_file(epoch.number)
         rd.save_model(trainer.model, self.run_dir / checkpoint, "checkpoint")
         if is_best:
             rd.save_model(trainer.model, self.run_dir / rd.MODEL, "best model")
         rd.write_history(self.run_dir / rd.HISTORY, history, fields)
-        self._save_state(trainer, checkpoint, progress.epoch, 0, progress.window_position_after, None, None,
+        self._save_state(trainer, checkpoint, epoch.number, 0, epoch.window_position_after, None, None,
                          history, wall_seconds)
-        self._prune(progress.epoch)
+        self._prune(epoch.number)
 
-    def save_resumable(self, trainer, progress, history, wall_seconds):
-        """A mid-epoch checkpoint from which --resume continues exactly where `progress` stands."""
+    def save_resumable(self, trainer, epoch, history, wall_seconds):
+        """A mid-epoch checkpoint from which --resume continues exactly where `epoch` stands; its path."""
         checkpoint = f"{rd.CHECKPOINTS}/{INTERRUPTED}.keras"
         if checkpoint == self.named:  # never overwrite the checkpoint state.json names: use the other name
             checkpoint = f"{rd.CHECKPOINTS}/{INTERRUPTED}-1.keras"
+        if not self.writer:
+            return self.run_dir / checkpoint
         rd.save_model(trainer.model, self.run_dir / checkpoint, "resumable checkpoint")
-        self._save_state(trainer, checkpoint, progress.epoch - 1, progress.batches_done,
-                         progress.window_position, progress.sums(), progress.states, history, wall_seconds)
+        self._save_state(trainer, checkpoint, epoch.number - 1, epoch.batches_done,
+                         epoch.window_position, epoch.sums(), epoch.states, history, wall_seconds)
         return self.run_dir / checkpoint
 
     def _save_state(self, trainer, checkpoint, epoch, batch, window_position, sums, states, history, wall_seconds):

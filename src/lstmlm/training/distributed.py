@@ -143,7 +143,11 @@ def destroy():
 
 @contextlib.contextmanager
 def lost_ranks(what):
-    """Turn a failed collective (a rank died, hung past the timeout, or the network failed) into one error line."""
+    """Turn a failed collective (a rank died, hung past the timeout, or the network failed) into one error line.
+    In one process there is no collective: errors pass through as they are."""
+    if world_size() == 1:
+        yield
+        return
     try:
         yield
     except RuntimeError as error:  # torch.distributed.DistError, or the plain RuntimeError of DDP's backward

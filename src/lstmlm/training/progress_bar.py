@@ -4,7 +4,7 @@ import sys
 import time
 
 
-class Progress:
+class ProgressBar:
     def __init__(self, total, label, enabled=None, log=None, interval_seconds=60.0):
         self.total, self.label = total, label
         self.bar = sys.stderr.isatty() if enabled is None else enabled
