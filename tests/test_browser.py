@@ -8,8 +8,10 @@ LSTMLM_UPDATE_DOCS_IMAGES=1). Every request the page makes must go to the server
     python -m pytest tests/test_browser.py -m browser
 """
 
+import contextlib
 import os
 import shutil
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,6 +37,13 @@ import httpx  # noqa: E402
 @pytest.fixture
 def page(server_url):
     """A page at the server's /, with every request recorded; requests elsewhere are blocked and recorded."""
+    with open_page(server_url) as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def open_page(server_url):
+    """Headless Chromium at `server_url`/; requests to anywhere else are blocked and recorded in page.elsewhere."""
     server = urlsplit(server_url).netloc
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
@@ -144,7 +153,7 @@ def test_type_see_suggestions_tab_accepts_generate_and_score(page, api, tiny_run
 def test_errors_are_shown_not_thrown(page):
     page.fill("#num-words", "5000")  # over the server's limit: the page shows the API's one-line error
     page.click("#continue")
-    sync_api.expect(page.locator("#status")).to_contain_text("num_words")
+    sync_api.expect(page.locator("#status")).to_contain_text("max_tokens")
     sync_api.expect(page.locator("#status")).to_have_class("status error")
 
 
@@ -157,3 +166,35 @@ def test_unknown_words_are_named_until_the_text_has_none(page, api):
     box.fill("my friend ")  # fill fires one input event: the suggestions refresh and clear their own message
     wait_for_suggestions(page, [w["word"] for w in api("/v1/next", {"text": "my friend ", "top_k": 8})["predictions"]])
     sync_api.expect(page.locator("#status")).to_have_text("")
+
+
+def test_continue_shows_the_words_as_they_are_computed(tiny_run, loaded_tiny):
+    """Continue streams /v1/completions: with each word slowed to 80 ms, the text box grows word by word (seen
+    by a MutationObserver on the status line, which counts the pieces), and ends as the API's seeded text."""
+    from helpers import serving
+
+    from lstmlm.inference.language_model import load
+    from lstmlm.serving.server import create_app
+
+    slow = load(tiny_run)
+    fast = slow._next_logits
+    slow._next_logits = lambda states: (time.sleep(0.08), fast(states))[1]
+    with serving(create_app(slow)) as url, open_page(url) as page:
+        sync_api.expect(page.locator("#model")).to_contain_text(tiny_run.name)
+        page.fill("#text", "the cat ")
+        page.fill("#num-words", "10")
+        page.fill("#seed", "5")
+        page.evaluate("""() => {
+            window.seen = [];
+            new MutationObserver(() => window.seen.push(document.getElementById("text").value))
+                .observe(document.getElementById("status"), {childList: true, characterData: true, subtree: true});
+        }""")
+        page.click("#continue")
+        sync_api.expect(page.locator("#status")).to_have_text("generated 10 words", timeout=20_000)
+        seen = page.evaluate("window.seen")
+        value = page.locator("#text").input_value()
+    expected = loaded_tiny.generate("the cat ", 10, temperature=0.8, top_k=40, seed=5)["text"]
+    assert value == "the cat " + expected + ("" if expected[-1:].isspace() else " ")
+    growing = [text for text in dict.fromkeys(seen) if text.startswith("the cat ") and text != "the cat "]
+    assert len(growing) >= 5, seen  # many intermediate texts: the words arrived one by one, not all at the end
+    assert all(value.startswith(text.rstrip(" ")) for text in growing)
