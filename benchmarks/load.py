@@ -16,12 +16,16 @@ Args (command line):
     --keep-alive-check                     one client, /v1/next one request at a time: median latency through an
                                            httpx keep-alive connection, a new connection per request (urllib), and
                                            headless Chromium's fetch() from the served page (its keep-alive)
+    --compare-streaming                    /v1/completions for each of --clients-list (default 1,8,32) concurrent
+                                           clients: streamed (time to first token, tokens/s per stream and in all)
+                                           beside the same requests not streamed (latency); --num-words tokens each
 
 Example:
     python benchmarks/load.py --tiny --clients 8 --requests 400
     python benchmarks/load.py --run-dir runs/ptb-small --clients 4 --requests 200 --endpoint next
     python benchmarks/load.py --run-dir runs/ptb-small --compare-batching --requests 400
     python benchmarks/load.py --run-dir runs/ptb-small --keep-alive-check --requests 200
+    python benchmarks/load.py --run-dir runs/ptb-small --compare-streaming --requests 256 --num-words 50
 """
 
 import argparse
@@ -163,6 +167,8 @@ def main():
     parser.add_argument("--clients-list", default="1,8,32")
     parser.add_argument("--keep-alive-check", action="store_true",
                         help="one client: httpx keep-alive vs a connection per request vs Chromium's fetch")
+    parser.add_argument("--compare-streaming", action="store_true",
+                        help="/v1/completions streamed (time to first token, tokens/s) and not, per --clients-list")
     args = parser.parse_args()
     if args.clients <= 0 or args.requests <= 0:
         parser.error("--clients and --requests must be positive")
@@ -170,6 +176,8 @@ def main():
         return compare_batching(args)
     if args.keep_alive_check:
         return keep_alive_check(args)
+    if args.compare_streaming:
+        return compare_streaming(args)
 
     process = None
     with tempfile.TemporaryDirectory() as folder:
@@ -304,6 +312,101 @@ def keep_alive_check(args):
     out.with_suffix(".md").write_text(text)
     print(text, end="")
     return 0
+
+
+def completion_body(index, num_words, stream):
+    return {"model": "served", "prompt": PROMPTS[index % len(PROMPTS)], "max_tokens": num_words,
+            "temperature": 1.0, "top_k": 40, "seed": index, "stream": stream}
+
+
+def one_completion(client, body):
+    """One /v1/completions request: (seconds to the first token or to the answer, total seconds, tokens) or an
+    error string. A streamed token is a chunk whose choice has no finish_reason yet."""
+    started = time.perf_counter()
+    if not body["stream"]:
+        answer = client.post("/v1/completions", json=body)
+        if answer.status_code != 200:
+            return f"HTTP {answer.status_code}"
+        elapsed = time.perf_counter() - started
+        return elapsed, elapsed, answer.json()["usage"]["completion_tokens"]
+    first, tokens = None, 0
+    with client.stream("POST", "/v1/completions", json=body) as events:
+        if events.status_code != 200:
+            return f"HTTP {events.status_code}"
+        for line in events.iter_lines():
+            if line == "data: [DONE]":
+                break
+            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["finish_reason"] is None:
+                first = first or time.perf_counter() - started
+                tokens += 1
+    return first or float("nan"), time.perf_counter() - started, tokens
+
+
+def measure_completions(url, clients, requests, num_words, stream, model):
+    """`requests` completions over `clients` threads (one keep-alive connection each): the row of the table."""
+    local, lock, timings, errors = threading.local(), threading.Lock(), [], []
+
+    def one(index):
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=url, timeout=120)
+        try:
+            result = one_completion(local.client, {**completion_body(index, num_words, stream), "model": model})
+        except httpx.HTTPError as error:
+            result = type(error).__name__
+        with lock:
+            (errors if isinstance(result, str) else timings).append(result)
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(clients)))  # warm-up: connections, first calls
+        timings.clear(), errors.clear()
+        started = time.perf_counter()
+        list(pool.map(one, range(requests)))
+        seconds = time.perf_counter() - started
+    firsts = [first for first, _, _ in timings]
+    per_stream = [(tokens - 1) / (total - first) for first, total, tokens in timings if tokens > 1 and total > first]
+    return {"clients": clients, "stream": stream, "requests": requests, "num_words": num_words,
+            "p50_first_ms": round(1000 * percentile(firsts, 0.5), 2),
+            "p99_first_ms": round(1000 * percentile(firsts, 0.99), 2),
+            "p50_total_ms": round(1000 * percentile([t for _, t, _ in timings], 0.5), 2),
+            "tokens_per_second_per_stream": round(statistics.median(per_stream), 1) if per_stream else None,
+            "tokens_per_second": round(sum(tokens for _, _, tokens in timings) / seconds, 1), "errors": len(errors)}
+
+
+def compare_streaming(args):
+    """One table: per client count, time to first token and streamed tokens/s beside the plain latency."""
+    import os
+
+    from lstmlm.machine import describe
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        process, url = (None, args.url.rstrip("/")) if args.url else \
+            start_server(train_tiny(Path(folder)) if args.tiny else args.run_dir, args.serve_flags.split())
+        try:
+            model = httpx.get(url + "/health", timeout=10).json()["model"]
+            for clients in [int(n) for n in args.clients_list.split(",")]:
+                for stream in (False, True):
+                    rows.append(measure_completions(url, clients, args.requests, args.num_words, stream, model))
+                    print(f"{rows[-1]}", file=sys.stderr)
+        finally:
+            if process:
+                process.terminate()
+                process.wait(timeout=30)
+    header = (f"`{' '.join(sys.argv)}` -- {describe()}; load average {os.getloadavg()[0]:.1f} at the end; "
+              f"model {model}, {args.num_words} tokens per request\n\n")
+    table = ["| clients | streamed | p50 first token ms | p99 first token ms | p50 whole answer ms | "
+             "tokens/s per stream | tokens/s in all | errors |", "|---|---|---|---|---|---|---|---|"]
+    table += [f"| {r['clients']} | {'yes' if r['stream'] else 'no'} | {r['p50_first_ms'] if r['stream'] else '-'} | "
+              f"{r['p99_first_ms'] if r['stream'] else '-'} | {r['p50_total_ms']} | "
+              f"{r['tokens_per_second_per_stream'] if r['stream'] else '-'} | {r['tokens_per_second']} | "
+              f"{r['errors']} |" for r in rows]
+    text = header + "\n".join(table) + "\n"
+    out = Path(args.out or "test-artifacts/load-streaming")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    out.with_suffix(".md").write_text(text)
+    print(text, end="")
+    return 1 if any(r["errors"] for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ N client threads (each with its own keep-alive connection) send M requests in al
     wrong-path                 an unknown path or a GET on a POST endpoint           expect 404/405
     slow-body                  a valid /v1/next whose body is sent one byte at a time (raw socket)   expect 200
     disconnect                 headers and half a body, then the client hangs up     no answer to read
+    stream                     a seeded streamed /v1/completions, read to `data: [DONE]`; its concatenated text is
+                               checked for repeats like generate's                   expect 200
+    stream-disconnect          a streamed completion of 400 words, hung up after two events   no answer to read
+    wrong-key                  /v1/completions with a wrong API key                  expect 401
+
+The server is started with an API key (every other request sends it).
 
 It records every status and latency, the server's resident memory (VmRSS from /proc) after each thousand
 requests (each sixth of them in a run under 5,000), and checks: no 5xx, no connection error outside `disconnect`, the server still answers /health at the
@@ -46,11 +52,14 @@ from load import percentile  # noqa: E402
 PROMPTS = ["the", "the stock market", "in new york", "the company said it", "shares of the", "the president",
            "a spokesman for the", "the federal reserve", "interest rates", "the dollar fell against the yen"]
 # kind: share of requests. Valid traffic dominates; every malformed kind is present.
-MIX = {"next": 0.40, "generate": 0.15, "score": 0.15, "bad-json": 0.04, "wrong-type": 0.05, "too-many-words": 0.03,
-       "oversize": 0.03, "bad-utf8": 0.04, "wrong-path": 0.03, "slow-body": 0.04, "disconnect": 0.04}
+MIX = {"next": 0.40, "generate": 0.11, "score": 0.10, "stream": 0.08, "stream-disconnect": 0.02, "wrong-key": 0.02,
+       "bad-json": 0.04, "wrong-type": 0.04, "too-many-words": 0.03, "oversize": 0.03, "bad-utf8": 0.04,
+       "wrong-path": 0.03, "slow-body": 0.03, "disconnect": 0.03}
 EXPECTED = {"next": {200}, "generate": {200}, "score": {200}, "bad-json": {400}, "wrong-type": {422},
             "too-many-words": {422}, "oversize": {413}, "bad-utf8": {400, 422}, "wrong-path": {404, 405},
-            "slow-body": {200}, "disconnect": {None}}
+            "slow-body": {200}, "disconnect": {None}, "stream": {200}, "stream-disconnect": {None},
+            "wrong-key": {401}}
+API_KEY = "soak-test-key"  # the server's (`--api-key`); never printed by the server
 
 
 def rss_bytes(pid):
@@ -77,6 +86,11 @@ def plan(requests, seed):
             key = random.Random(rng.randrange(32))
             detail = {"prompt": key.choice(PROMPTS), "num_words": key.choice([1, 5, 10, 20]), "temperature": 1.0,
                       "top_k": key.choice([0, 40]), "seed": key.randrange(1000)}
+        elif kind in ("stream", "stream-disconnect", "wrong-key"):  # like generate: 32 fixed requests
+            key = random.Random(rng.randrange(32))
+            detail = {"prompt": key.choice(PROMPTS), "max_tokens": 400 if kind == "stream-disconnect" else
+                      key.choice([1, 5, 10, 20]), "temperature": 1.0, "top_k": key.choice([0, 40]),
+                      "seed": key.randrange(1000), "stream": kind != "wrong-key"}
         elif kind == "score":
             detail = {"text": " ".join(rng.choice(PROMPTS) for _ in range(rng.randint(1, 4)))}
         else:
@@ -90,6 +104,7 @@ def raw_request(base_url, path, body, pause=None, hang_up=False, timeout=60):
     (`hang_up`). Returns the status code, or None when it hung up."""
     host, port = base_url.removeprefix("http://").rsplit(":", 1)
     head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {API_KEY}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
     with socket.create_connection((host, int(port)), timeout=timeout) as conn:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -112,8 +127,12 @@ def send(client, base_url, kind, detail, variant, max_request_bytes):
         body = json.dumps(detail).encode()
         status = raw_request(base_url, "/v1/next", body, pause=0.002, hang_up=kind == "disconnect")
         return status, None, None
+    if kind in ("stream", "stream-disconnect"):
+        return send_stream(client, detail, hang_up=kind == "stream-disconnect")
     if kind in ("next", "generate", "score"):
         answer = client.post(f"/v1/{kind}", json=detail)
+    elif kind == "wrong-key":
+        answer = client.post("/v1/completions", json=detail, headers={"Authorization": "Bearer not-the-key"})
     elif kind == "bad-json":
         answer = client.post("/v1/next", content=[b'{"text": "the', b"not json", b"{", b"[1, 2"][variant],
                              headers={"content-type": "application/json"})
@@ -135,6 +154,24 @@ def send(client, base_url, kind, detail, variant, max_request_bytes):
     return answer.status_code, None, parsed
 
 
+def send_stream(client, detail, hang_up=False):
+    """A streamed completion: (200, None, {"text": the pieces joined}) read to [DONE], or, with `hang_up`,
+    closed after two events: (None, None, None)."""
+    text, events = "", 0
+    with client.stream("POST", "/v1/completions", json=detail) as answer:
+        if answer.status_code != 200:
+            return answer.status_code, None, None
+        for line in answer.iter_lines():
+            if line == "data: [DONE]":
+                break
+            if line.startswith("data: "):
+                events += 1
+                text += json.loads(line[6:])["choices"][0]["text"]
+                if hang_up and events == 2:
+                    return None, None, None  # leaving the block closes the connection mid-stream
+    return 200, None, {"text": text}
+
+
 def soak(base_url, pid, clients, requests, seed=0, max_request_bytes=64 * 1024, log=print):
     """Run the soak against a server at `base_url` (its process id `pid` for RSS); returns the result dict."""
     work = plan(requests, seed)
@@ -142,24 +179,30 @@ def soak(base_url, pid, clients, requests, seed=0, max_request_bytes=64 * 1024, 
     records = [None] * requests  # (kind, status, seconds, error)
     generated = defaultdict(list)  # (prompt, num_words, top_k, seed) -> every text answered
     rss, done = [], [0]
+    model = httpx.get(base_url + "/health", timeout=30).json()["model"]
+    headers = {"Authorization": f"Bearer {API_KEY}"}
     every = 1000 if requests >= 5000 else max(1, requests // 6)  # RSS readings: per thousand requests
 
     def one(index):
         kind, detail, variant = work[index]
+        detail = {"model": model, **detail} if "max_tokens" in detail else detail
         if not hasattr(local, "client"):
-            local.client = httpx.Client(base_url=base_url, timeout=120)
+            local.client = httpx.Client(base_url=base_url, timeout=120, headers=headers)
         started = time.perf_counter()
         try:
             status, error, parsed = send(local.client, base_url, kind, detail, variant, max_request_bytes)
         except (httpx.HTTPError, OSError) as failure:
             status, error, parsed = None, f"{type(failure).__name__}: {failure}", None
-            local.client = httpx.Client(base_url=base_url, timeout=120)  # a fresh connection after a failure
+            local.client = httpx.Client(base_url=base_url, timeout=120, headers=headers)  # a fresh connection
         seconds = time.perf_counter() - started
         records[index] = (kind, status, seconds, error)
         with lock:
             if kind == "generate" and status == 200:
                 key = (detail["prompt"], detail["num_words"], detail["top_k"], detail["seed"])
                 generated[key].append(" ".join(parsed["words"]))
+            elif kind == "stream" and status == 200:
+                key = ("stream", detail["prompt"], detail["max_tokens"], detail["top_k"], detail["seed"])
+                generated[key].append(parsed["text"])
             done[0] += 1
             if done[0] % every == 0 or done[0] == requests:
                 rss.append((done[0], rss_bytes(pid)))
@@ -182,7 +225,7 @@ def summarise(records, generated, rss, seconds, alive, clients):
     for kind, rows in sorted(by_kind.items(), key=lambda item: list(MIX).index(item[0])):
         statuses = Counter("none" if status is None else str(status) for _, status, _, _ in rows)
         unexpected = sum(status not in EXPECTED[kind] for _, status, _, _ in rows)
-        latencies = [seconds for _, status, seconds, _ in rows if status is not None or kind == "disconnect"]
+        latencies = [seconds for _, status, seconds, _ in rows if status is not None or kind.endswith("disconnect")]
         kinds[kind] = {"requests": len(rows), "statuses": dict(statuses), "unexpected": unexpected,
                        "p50_ms": round(1000 * percentile(latencies, 0.5), 2),
                        "p99_ms": round(1000 * percentile(latencies, 0.99), 2),
@@ -208,7 +251,7 @@ def markdown(result):
              f"({result['requests_per_second']:,.1f} requests/s). 5xx: {result['server_errors_5xx']}; unexpected "
              f"statuses: {result['unexpected_statuses']}; alive after: {result['alive_after']}; seeded generations "
              f"that differed between repeats: {result['generate_keys_inconsistent']} of the "
-             f"{result['generate_keys_repeated']} (prompt, num_words, top_k, seed) keys asked more than once.",
+             f"{result['generate_keys_repeated']} seeded requests (generate or stream) asked more than once.",
              "", "| kind | requests | statuses | unexpected | p50 ms | p99 ms |", "|---|---|---|---|---|---|"]
     for kind, row in result["kinds"].items():
         statuses = ", ".join(f"{status}: {count:,}" for status, count in sorted(row["statuses"].items()))
@@ -242,7 +285,7 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory() as folder:
         run_dir = load.train_tiny(Path(folder)) if args.quick else args.run_dir
-        process, url = load.start_server(run_dir, args.serve_flags.split())
+        process, url = load.start_server(run_dir, ["--api-key", API_KEY, *args.serve_flags.split()])
         try:
             load_before = os.getloadavg()[0]
             result = soak(url, process.pid, args.clients, args.requests, args.seed,
