@@ -1,5 +1,6 @@
 """From Keras' `model.fit()` to lstmlm's world (docs/keras.md): the `ResetStates` callback for a stateful model on
-streams, and `save_run`, which writes a fit()-trained model as a run directory that `lstmlm evaluate`, `predict`,
+streams, a `TensorBoard` callback that needs no TensorFlow (Keras' own writes through `tf.summary`, so on torch and
+JAX it needs TensorFlow installed), and `save_run`, which writes a fit()-trained model as a run directory that `lstmlm evaluate`, `predict`,
 `generate`, `serve` and `export` accept.
 
 `save_run` writes what `run_directory.load_run` reads (and nothing `--resume` would: a fit() run resumes with
@@ -56,6 +57,25 @@ class ResetStates(keras.callbacks.Callback):
 
     def on_predict_begin(self, logs=None):
         self._reset()
+
+
+class TensorBoard(keras.callbacks.Callback):
+    """Each epoch's logs as TensorBoard scalars under `lstmlm train --tensorboard`'s names (train_loss,
+    valid_loss, train_perplexity, ...), written by torch's SummaryWriter (needs the tensorboard package).
+
+    Args:
+        log_dir: the log directory (created if missing); view with `tensorboard --logdir LOG_DIR`.
+    """
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.log_dir = str(log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        from lstmlm.training.tensorboard import write_scalars
+
+        rows = history_rows({key: [value] for key, value in (logs or {}).items()})
+        write_scalars(self.log_dir, {**(rows[0] if rows else {}), "epoch": epoch + 1})
 
 
 def save_run(model, vocabulary, out, train=None, valid=None, test=None, history=None):

@@ -3,8 +3,9 @@ stage that imports Keras. The batches are batches.py's, cut the same two ways as
 
 - `windows`: the tutorial's KerasBatchGenerator (batches.WindowBatches), every window from a zero LSTM state;
   integer targets (sparse, not one-hot). Like the tutorial's generator, epoch e+1 continues where epoch e
-  stopped; any batch can be read in any order (`fit(shuffle=True)` is fine; `shuffle=False` is the tutorial's
-  order).
+  stopped (`.epoch` counts the full passes read; a fit() resumed by BackupAndRestore from epoch k on a new dataset
+  sets `dataset.epoch = k` to continue there too); any batch can be read in any order (`fit(shuffle=True)` is
+  fine; `shuffle=False` is the tutorial's order).
 - `streams`: truncated BPTT (batches.stream_batches): row r of batch k+1 continues row r of batch k, for a
   `stateful=True` LSTMLanguageModel that carries its LSTM state from batch to batch, with the `ResetStates`
   callback (lstmlm.keras_fit) zeroing it at each epoch. The batches must be read in order: `fit(shuffle=False)`
@@ -65,18 +66,24 @@ class WindowDataset(_TextDataset):
         super().__init__(text, num_steps, batch_size, max_vocabulary_size, vocabulary, lowercase, **kwargs)
         self.skip_step = skip_step or num_steps
         self.windows = WindowBatches(self.ids, batch_size, num_steps, self.skip_step)
-        self.epoch = 0  # epochs finished (Keras calls on_epoch_end): where the next epoch's windows start
+        self.epoch = 0  # full passes read so far: where the next epoch's windows start (settable, for a resume)
+        self.read = set()  # the batches read since the last on_epoch_end
 
     def __len__(self):
         return self.windows.steps_per_epoch
 
     def __getitem__(self, index):
         self._check_index(index)
+        self.read.add(index)
         self.windows.seek(self.epoch * len(self) + index)
         return self.windows.next_batch()
 
     def on_epoch_end(self):
-        self.epoch += 1
+        # Keras also ends an "epoch" after peeking at batch 0 (to build the training function): only a full pass
+        # moves the windows on
+        if len(self.read) == len(self):
+            self.epoch += 1
+        self.read = set()
 
 
 class StreamDataset(_TextDataset):
@@ -94,7 +101,7 @@ class StreamDataset(_TextDataset):
 
     def __getitem__(self, index):
         self._check_index(index)
-        if index not in (0, self.next_index):
+        if index not in (0, self.next_index - 1, self.next_index):  # the first, the same again, or the next
             raise LstmlmError(f"streams: batch {index} read after batch {self.next_index - 1}: each batch continues "
                               "the one before it (the LSTM state is carried), so read them in order: "
                               "fit(..., shuffle=False)")
