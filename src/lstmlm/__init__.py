@@ -30,6 +30,8 @@ __all__ = sorted([*_EXPORTS, "LSTM", "LSTMLanguageModel", "build_model"])
 
 
 def __getattr__(name):
+    if name == "data":  # lstmlm.data.windows / streams without importing lstmlm.data first
+        return importlib.import_module("lstmlm.data")
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'lstmlm' has no attribute {name!r}")
