@@ -1,17 +1,22 @@
 #!/usr/bin/env python
-"""The race: lstmlm's best recipe against pytorch/examples' word_language_model recipe, same budget, same threads.
+"""The race: lstmlm's best recipe against pytorch/examples' word_language_model, same budget, same threads.
 
-    python benchmarks/race.py --corpus ptb --minutes 60 --threads 2 --sequential     # each side has the machine
-    python benchmarks/race.py --corpus ptb --minutes 15 --threads 1                  # both at the same time
-    python benchmarks/race.py --corpus wikitext-2 --minutes 15 --threads 2 --sequential
-    python benchmarks/race.py --quick                 # ~1 minute smoke run: a slice of PTB, 20-second budgets
+    P=--peer-dir=/work/peers/pytorch-examples       # a pytorch/examples checkout (docs/race.md, "The real peer")
+    python benchmarks/race.py $P --corpus ptb --minutes 60 --threads 2 --sequential     # each side has the machine
+    python benchmarks/race.py $P --corpus ptb --minutes 15 --threads 1                  # both at the same time
+    python benchmarks/race.py $P --corpus wikitext-2 --minutes 15 --threads 2 --sequential
+    python benchmarks/race.py $P --quick          # ~1 minute smoke run: a slice of PTB, 20-second budgets
 
 Each side runs as its own subprocess with the same torch thread count and the same wall-clock budget:
   - lstmlm: `python -m lstmlm train --preset P --max-minutes M --threads T --no-report ...`, then lstmlm's own
     exact evaluation (`lstmlm.load(RUN).evaluate(split)`, what `lstmlm evaluate RUN --split S` prints) of the
     best-validation model.keras on valid and test, in a second subprocess (`race.py --evaluate-lstmlm RUN`).
-  - the peer: benchmarks/peer_word_language_model.py (plain PyTorch, 2x200 tied, dropout 0.2, SGD 20, clip 0.25,
-    lr / 4 when validation stalls), which evaluates its best model the same exact way.
+  - the peer (`--peer real`, the default): the real program, `DIR/word_language_model/main.py --tied`,
+    unmodified, on the same files, stopped at the budget by SIGINT (its Ctrl-C); its own printed test
+    perplexity and the exact one of its ONNX export (benchmarks/real_peer.py says how and why).
+  - the fallback (`--peer reimplementation`): benchmarks/peer_word_language_model.py, a plain-PyTorch
+    re-implementation of that recipe (2x200 tied, dropout 0.2, SGD 20, clip 0.25, lr / 4 when validation
+    stalls) with lstmlm's ids, which evaluates its best model the same exact way. The races before issue 19 ran it.
 Both budgets start when training starts (after reading the corpus) and cover training plus the validations
 during it; the final valid + test evaluation comes after and is timed separately. Both final reports are exact:
 the split as one stream at batch 1, state carried, preceded by `<eos>`, every token counted; the vocabulary and
@@ -40,7 +45,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PEER = HERE / "peer_word_language_model.py"
+sys.path.insert(0, str(HERE))
+import real_peer  # noqa: E402
+
+PEER = HERE / "peer_word_language_model.py"  # the re-implementation (--peer reimplementation)
+PEER_KINDS = {"real": "real program", "reimplementation": "re-implementation"}
 WIKITEXT_DIR = Path("/work/shared/data/wikitext-2")
 QUICK_LINES = {"train": 1500, "valid": 150, "test": 150}  # of bundled PTB: ~33k / 3.7k / 3.2k tokens
 QUICK_MINUTES = 1 / 3  # 20 seconds
@@ -202,6 +211,7 @@ def summarise_lstmlm(run_dir, evaluation):
         "run_dir": str(run_dir), "precision": info.get("precision"), "parameters": info.get("parameters"),
         "threads": info.get("versions", {}).get("threads"), "torch": info.get("versions", {}).get("torch"),
         "vocabulary_size": len(words), "vocabulary_sha256": vocabulary_sha256(words),
+        "vocabulary_set_sha256": real_peer.set_sha256(words),
         "tokens": info.get("tokens"), "budget_seconds": 60.0 * info["config"]["max_minutes"],
         "epochs": round(tokens / info["tokens"]["train"], 3), "epochs_validated": len(history),
         "best_epoch": int(best["epoch"]) if best else None, "train_tokens": int(tokens),
@@ -211,10 +221,10 @@ def summarise_lstmlm(run_dir, evaluation):
         "final_evaluation_seconds": round(sum(v["seconds"] for v in evaluation["final"].values()), 2)}
 
 
-def peer_side(args, python, peer_flags, out, timeout):
+def reimplementation_side(args, python, peer_flags, out, timeout):
     command = [python, str(PEER), "--max-minutes", f"{args.minutes:g}", "--threads", str(args.threads), "--seed",
                str(args.seed), "--json", str(out / "peer.json"), *peer_flags, *shlex.split(args.peer_args)]
-    side = {"side": "peer", "commands": [shown(command)]}
+    side = {"side": "peer", "kind": PEER_KINDS["reimplementation"], "commands": [shown(command)]}
     status, seconds = run_logged(command, out / "peer.log", args.threads, timeout)
     side["process_seconds"] = round(seconds, 2)
     if status != 0:
@@ -265,6 +275,7 @@ def race(args, log=print):
     if args.corpus == "ptb":
         lstmlm_flags, peer_flags = [], []  # bundled; its 10,000 types are all under lstmlm's default cap
         corpus["source"] = "lstmlm's bundled PTB (Mikolov's simple-examples)"
+        paths = {split: bundled_ptb_path(split) for split in ("train", "valid", "test")}
     else:
         if args.corpus == "quick":
             paths = write_quick_corpus(out / "quick-corpus")
@@ -278,7 +289,10 @@ def race(args, log=print):
         peer_flags = files + ["--max-vocabulary-size", "0"]
         corpus["test_tokens_expected"] = split_tokens(paths["test"])
     timeout = 2 * 60 * args.minutes + 1800
-    result = {"corpus": corpus, "minutes": args.minutes, "threads": args.threads,
+    peer = {"kind": PEER_KINDS[args.peer]}
+    if args.peer == "real":
+        peer.update(real_peer.provenance(args.peer_dir))
+    result = {"corpus": corpus, "peer": peer, "minutes": args.minutes, "threads": args.threads,
               "mode": "sequential" if args.sequential else "side by side", "preset": args.preset,
               "seed": args.seed, "quick": args.corpus == "quick", "note": args.note, "git_commit": git_commit(),
               "machine_at_start": machine(), "command": shown([python, *sys.argv])}
@@ -291,8 +305,12 @@ def race(args, log=print):
         except Exception as error:  # a side's unreadable output is that side's failure, not the race's crash
             return {"side": side, "commands": [], "error": f"{type(error).__name__}: {error}"}
 
+    def real(args, python, flags, out, timeout):
+        return real_peer.side(args, python, paths, out, timeout, child_environment(args.threads), split_tokens,
+                              [python, str(HERE / "real_peer.py")])
+
     jobs = {"lstmlm": lambda: guarded("lstmlm", lstmlm_side, lstmlm_flags),
-            "peer": lambda: guarded("peer", peer_side, peer_flags)}
+            "peer": lambda: guarded("peer", real if args.peer == "real" else reimplementation_side, peer_flags)}
     if args.sequential:
         for name, job in jobs.items():
             sides[name] = job()
@@ -316,8 +334,12 @@ def checks(result):
     lstmlm, peer = result["sides"]["lstmlm"], result["sides"]["peer"]
     if "error" in lstmlm or "error" in peer:
         return {"complete": False}
-    values = {"complete": True,
-              "same_vocabulary": lstmlm["vocabulary_sha256"] == peer["vocabulary_sha256"],
+    if peer.get("kind") == PEER_KINDS["real"]:  # its own ids (same words, other numbers): compare the word sets
+        same_vocabulary = lstmlm["vocabulary_set_sha256"] == peer["vocabulary_set_sha256"]
+    else:
+        same_vocabulary = lstmlm["vocabulary_sha256"] == peer["vocabulary_sha256"]
+    values = {"complete": True, "same_vocabulary": same_vocabulary,
+              "same_evaluation_rule": all(peer["final"][s].get("exact", True) for s in ("valid", "test")),
               "same_test_tokens": lstmlm["final"]["test"]["tokens"] == peer["final"]["test"]["tokens"],
               "same_valid_tokens": lstmlm["final"]["valid"]["tokens"] == peer["final"]["valid"]["tokens"],
               "finite": all(math.isfinite(side["final"][s]["perplexity"]) for side in (lstmlm, peer)
@@ -327,6 +349,9 @@ def checks(result):
         values["test_tokens_as_counted_from_the_file"] = lstmlm["final"]["test"]["tokens"] == expected
     lstmlm_test, peer_test = lstmlm["final"]["test"]["perplexity"], peer["final"]["test"]["perplexity"]
     values["lstmlm_test_lower_by_percent"] = round(100 * (peer_test - lstmlm_test) / peer_test, 2)
+    if "printed" in peer:  # the real program's own figure, by its own rule
+        printed = peer["printed"]["test"]["perplexity"]
+        values["lstmlm_test_lower_than_its_printed_by_percent"] = round(100 * (printed - lstmlm_test) / printed, 2)
     return values
 
 
@@ -345,6 +370,10 @@ def _minutes(seconds):
     return "-" if seconds is None else f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.1f} s"
 
 
+def _count(value):
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def _cell(side, key):
     if "error" in side:
         return f"failed: {side['error']}"
@@ -353,7 +382,7 @@ def _cell(side, key):
         "valid": f"{final['valid']['perplexity']:.2f}",
         "test": f"**{final['test']['perplexity']:.2f}**",
         "epochs": f"{side['epochs']:.2f} ({side['epochs_validated']} validations, best: {side['best_epoch']})",
-        "speed": f"{side['tokens_per_second']:,.0f} ({side.get('precision', 'float32')})",
+        "speed": f"{_count(side['tokens_per_second'])} ({side.get('precision', 'float32')})",
         "training": _minutes(side["training_wall_seconds"]),
         "evaluation": _minutes(side["final_evaluation_seconds"]),
         "process": _minutes(side.get("process_seconds",
@@ -377,13 +406,21 @@ def summary_row(result):
     return (f"| {CORPUS_NAMES[result['corpus']['name']]} | {budget_label(result['minutes'])} | "
             f"{result['threads']} | {result['mode']} | {pair(lstmlm)} | {pair(peer)} | "
             f"{checks_['lstmlm_test_lower_by_percent']:+.1f}% | "
-            f"{lstmlm['epochs']:.2f} / {peer['epochs']:.2f} | {lstmlm['tokens_per_second']:,.0f} / "
-            f"{peer['tokens_per_second']:,.0f} |")
+            f"{lstmlm['epochs']:.2f} / {peer['epochs']:.2f} | {_count(lstmlm['tokens_per_second'])} / "
+            f"{_count(peer['tokens_per_second'])} |")
 
 
 SUMMARY_HEADER = ("| corpus | budget | threads each | mode | lstmlm valid / test | peer valid / test | "
                   "lstmlm's test lower by | epochs lstmlm / peer | training tok/s lstmlm / peer |\n"
                   "|---|---|---|---|---|---|---|---|---|")
+
+
+def peer_label(result):
+    """Which peer ran: the real program at a commit, or the re-implementation (every race before issue 19)."""
+    peer = result.get("peer", {"kind": PEER_KINDS["reimplementation"]})
+    if peer["kind"] == PEER_KINDS["real"]:
+        return f"pytorch/examples word_language_model `main.py --tied`, unmodified, commit {str(peer['commit'])[:7]}"
+    return "benchmarks/peer_word_language_model.py, a re-implementation of the pytorch/examples recipe"
 
 
 def markdown(result):
@@ -408,9 +445,13 @@ def markdown(result):
     ]
     lines = [f"### {corpus}, {budget_label(result['minutes'], True)} budget, {result['threads']} thread(s) each, "
              f"{result['mode']}", "",
-             f"| | lstmlm `--preset {result['preset']}` | peer: pytorch/examples recipe, plain PyTorch |",
+             f"| | lstmlm `--preset {result['preset']}` | peer: {peer_label(result)} |",
              "|---|---|---|"]
     lines += [f"| {label} | {_cell(lstmlm, key)} | {_cell(peer, key)} |" for label, key in rows]
+    if "printed" in peer:
+        printed = peer["printed"]["test"]
+        lines.append(f"| test perplexity as the program printed it ({printed['tokens']:,} tokens on 10 streams, "
+                     f"its rule) | | {printed['perplexity']:.2f} |")
     checks_ = result["checks"]
     lines.append("")
     if checks_["complete"]:
@@ -455,7 +496,14 @@ def parse_args(argv=None):
     parser.add_argument("--preset", default="speedrun", help="lstmlm's preset")
     parser.add_argument("--seed", type=int, default=1, help="both sides' seed")
     parser.add_argument("--lstmlm-args", default="", help="more `lstmlm train` flags (one string)")
-    parser.add_argument("--peer-args", default="", help="more peer flags (one string), e.g. '--partial-epoch discard'")
+    parser.add_argument("--peer", choices=sorted(PEER_KINDS), default=None,
+                        help="real: the pytorch/examples program in --peer-dir (the default when one is given); "
+                             "reimplementation: benchmarks/peer_word_language_model.py, the fallback")
+    parser.add_argument("--peer-dir", default=os.environ.get("LSTMLM_PEER_DIR"),
+                        help="a pytorch/examples checkout, or its word_language_model directory ($LSTMLM_PEER_DIR)")
+    parser.add_argument("--peer-args", default="",
+                        help="more peer flags (one string), e.g. '--epochs 100' (real) or '--partial-epoch discard' "
+                             "(reimplementation)")
     parser.add_argument("--note", default="", help="free text for the report, e.g. what else ran on the machine")
     parser.add_argument("--out", help="result directory (default runs/race/CORPUS-Mmin-Tt-MODE)")
     parser.add_argument("--quick", action="store_true",
@@ -472,6 +520,13 @@ def parse_args(argv=None):
         args.threads = cpus if args.sequential else max(1, cpus // 2)
     if args.minutes <= 0:
         parser.error("--minutes must be > 0")
+    if args.peer is None and not args.evaluate_lstmlm:
+        if not args.peer_dir:
+            parser.error("the peer is the real pytorch/examples program: pass --peer-dir DIR (docs/race.md, "
+                         "'The real peer'), or --peer reimplementation for the fallback")
+        args.peer = "real"
+    if args.peer == "real":
+        real_peer.program_directory(args.peer_dir or ".")  # fail before anything is written
     if args.corpus == "wikitext-2" and not args.evaluate_lstmlm:
         wikitext_paths(args.wikitext_dir)  # fail before anything is written
     if args.out is None:

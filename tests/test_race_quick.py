@@ -1,14 +1,21 @@
-"""benchmarks/race.py and its peer (benchmarks/peer_word_language_model.py).
+"""benchmarks/race.py, its real peer (benchmarks/real_peer.py: pytorch/examples' program, run by path) and its
+fallback re-implementation (benchmarks/peer_word_language_model.py).
 
-The quick race runs both sides for real (a PTB slice, 20-second budgets, one thread each, side by side) and checks
-what makes the comparison fair and the report usable; no perplexity target (a 20-second run on a shared machine
-is too noisy for one). The other tests check the peer's pieces in-process, in a second or two.
+The quick race runs lstmlm and the re-implementation for real (a PTB slice, 20-second budgets, one thread each,
+side by side) and checks what makes the comparison fair and the report usable; no perplexity target (a 20-second
+run on a shared machine is too noisy for one). The real program is not in this repository (it is fetched to a
+directory outside it: docs/race.md, "The real peer"): one test runs it end to end where a checkout is found
+($LSTMLM_PEER_DIR, else /work/peers/pytorch-examples), and a stand-in with its command line, written to tmp_path,
+tests the plumbing (arguments, files, the SIGINT at the budget, reading its printed lines) on every machine.
 """
 
 import json
 import math
+import os
 import sys
+import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,11 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import peer_word_language_model as peer  # noqa: E402
 import race  # noqa: E402
+import real_peer  # noqa: E402
+
+PEER_CHECKOUT = Path(os.environ.get("LSTMLM_PEER_DIR", "/work/peers/pytorch-examples"))
 
 
 @pytest.mark.slow
 def test_quick_race_gives_finite_fair_numbers_and_a_table(tmp_path):
-    args = race.parse_args(["--quick", "--threads", "1", "--out", str(tmp_path / "race")])
+    args = race.parse_args(["--quick", "--peer", "reimplementation", "--threads", "1", "--out",
+                            str(tmp_path / "race")])
     result = race.race(args, log=lambda line: None)
 
     lstmlm, other = result["sides"]["lstmlm"], result["sides"]["peer"]
@@ -146,3 +157,136 @@ def test_peer_run_keeps_the_best_model_and_quarters_the_rate_when_validation_sta
     assert result["final"]["valid"]["loss"] == pytest.approx(best_row["valid_loss"], rel=0.05)
     assert result["final"]["test"]["tokens"] == race.split_tokens(toy_corpus["test"])
     assert result["epochs"] == pytest.approx(6 * history[0]["train_tokens"] / result["tokens"]["train"], rel=1e-3)
+
+
+# ---- the real peer --------------------------------------------------------------------------------------------
+def tiny_corpus(directory, lines=(300, 50, 50)):
+    """The first lines of bundled PTB's splits, as files: {split: Path}."""
+    import gzip
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, count in zip(("train", "valid", "test"), lines):
+        text = gzip.decompress(race.bundled_ptb_path(split).read_bytes()).decode("utf-8").splitlines(True)[:count]
+        paths[split] = directory / f"tiny.{split}.txt"
+        paths[split].write_text("".join(text), encoding="utf-8")
+    return paths
+
+
+def run_real_side(peer_dir, paths, out, minutes, peer_args=""):
+    args = SimpleNamespace(peer_dir=str(peer_dir), seed=3, peer_args=peer_args, minutes=minutes, threads=1)
+    out.mkdir(parents=True, exist_ok=True)
+    return real_peer.side(args, sys.executable, paths, out, 300, race.child_environment(1), race.split_tokens,
+                          [sys.executable, str(Path(race.__file__).parent / "real_peer.py")])
+
+
+STAND_IN = textwrap.dedent("""\
+    # A stand-in with the command line of pytorch/examples' word_language_model/main.py (tests only): it records
+    # its arguments, prints lines in the program's format until SIGINT, then its test line, as the program does.
+    import argparse, json, sys, time
+    parser = argparse.ArgumentParser()
+    for flag in ("--data", "--save", "--onnx-export"):
+        parser.add_argument(flag)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--tied", action="store_true")
+    args = parser.parse_args()
+    json.dump({"argv": sys.argv[1:], "threads": __import__("os").environ.get("OMP_NUM_THREADS")},
+              open("stand-in-arguments.json", "w"))
+    print("Using device: cpu")
+    time.sleep(1.0)  # "reading the corpus": before the budget's clock starts
+    try:
+        for epoch in range(1, args.epochs + 1):
+            time.sleep(0.3)
+            print("| epoch %3d | %5d/%5d batches | lr 20.00 | ms/batch %5.2f | loss  6.00 | ppl   403.43" % (
+                epoch, 1, 4, 300.0))
+            time.sleep(0.3)
+            print("-" * 89)
+            print("| end of epoch %3d | time: %5.2fs | valid loss %5.2f | valid ppl %8.2f" % (
+                epoch, 0.6, 6.0 - epoch / 10, 403.43 / (1 + epoch)))
+            print("-" * 89)
+    except KeyboardInterrupt:
+        print("-" * 89)
+        print("Exiting from training early")
+    print("=" * 89)
+    print("| End of training | test loss %5.2f | test ppl %8.2f" % (5.5, 244.69))
+    print("=" * 89)
+""")
+
+
+def test_real_peer_plumbing_with_a_stand_in(tmp_path):
+    """The real-peer path against a stand-in main.py written here (the real program is not in the repository;
+    the next test runs it where a checkout exists): the command line it gets, the data directory, SIGINT at the
+    budget counted from its training start, and its printed lines read back into the race's numbers."""
+    program = tmp_path / "examples" / "word_language_model"
+    program.mkdir(parents=True)
+    (program / "main.py").write_text(STAND_IN)
+    (program / "data.py").write_text("# the stand-in has no corpus code\n")
+    (program / "model.py").write_text("")
+    paths = tiny_corpus(tmp_path / "corpus")
+    side = run_real_side(tmp_path / "examples", paths, tmp_path / "race", minutes=3 / 60)
+
+    assert "error" not in side, side
+    called = json.loads((tmp_path / "race" / "stand-in-arguments.json").read_text())
+    argv = called["argv"]
+    assert called["threads"] == "1" and "--tied" in argv and argv[argv.index("--seed") + 1] == "3"
+    data = Path(argv[argv.index("--data") + 1])
+    for split in ("train", "valid", "test"):  # the same files lstmlm reads, by symlink
+        assert (data / f"{split}.txt").resolve() == paths[split].resolve()
+    assert argv[argv.index("--onnx-export") + 1].endswith("peer-model.onnx")
+    assert side["stopped_by"] == "the budget (SIGINT)"
+    assert 0.9 <= side["training_start_seconds"] <= 4  # after its 1-second "corpus reading"
+    assert 2.9 <= side["training_wall_seconds"] <= 4.5  # the 3-second budget, from the training start
+    assert side["epochs_validated"] == len(side["history"]) >= 3
+    assert side["best_epoch"] == side["history"][-1]["epoch"]  # valid loss falls every epoch
+    assert side["printed"]["test"]["perplexity"] == 244.69
+    assert side["printed"]["test"]["tokens"] == real_peer.stream_tokens(race.split_tokens(paths["test"]))
+    assert side["tokens_per_second"] == pytest.approx(20 * 35 / 0.3, abs=0.1)  # its batch of 20 x 35, 300 ms
+    # no ONNX export: the printed numbers are the final ones, marked as not exact, and the race says so
+    assert side["final"]["test"]["exact"] is False and "no ONNX export" in side["exact_error"]
+    assert side["program"]["commit"] is None and side["program"]["unmodified"] is None
+
+
+@pytest.mark.skipif(not (PEER_CHECKOUT / "word_language_model" / "main.py").is_file(),
+                    reason=f"no pytorch/examples checkout at {PEER_CHECKOUT} (set LSTMLM_PEER_DIR; docs/race.md)")
+def test_real_program_end_to_end_on_a_tiny_corpus(tmp_path):
+    """pytorch/examples' main.py itself, unmodified, on 300 lines of PTB for an 8-second budget (epochs of a
+    fraction of a second, so the budget, not its epoch limit, stops it), then the exact score of its ONNX export."""
+    paths = tiny_corpus(tmp_path / "corpus")
+    side = run_real_side(PEER_CHECKOUT, paths, tmp_path / "race", minutes=8 / 60, peer_args="--epochs 1000")
+
+    assert "error" not in side, side.get("log_tail")
+    assert side["program"]["unmodified"] in (True, None) and side["program"]["commit"]
+    assert side["stopped_by"] == "the budget (SIGINT)" and side["epochs_validated"] >= 1
+    assert side["training_wall_seconds"] == pytest.approx(8, abs=3)
+    assert side["vocabulary_size"] == side["vocabulary_size_of_its_corpus_code"]  # its data.py rule, recounted
+    printed, exact = side["printed"]["test"], side["final"]["test"]
+    assert exact["exact"] and exact["tokens"] == race.split_tokens(paths["test"])
+    assert math.isfinite(exact["perplexity"]) and exact["perplexity"] < side["vocabulary_size"] / 2  # it learned
+    # the same model by two rules (10 cold streams, trimmed, against one carried stream): close, not equal
+    assert exact["perplexity"] == pytest.approx(printed["perplexity"], rel=0.1)
+    assert exact["perplexity"] == pytest.approx(math.exp(exact["loss"]))
+    assert (tmp_path / "race" / "peer-model.pt").is_file()  # its pickled model: written by it, never loaded here
+
+
+def test_the_program_s_lines_are_read():
+    lines = [(0.0, "| epoch   1 |   200/ 1327 batches | lr 20.00 | ms/batch 45.07 | loss  7.63 | ppl  2063.01"),
+             (9.0, "| end of epoch   1 | time: 64.03s | valid loss  6.02 | valid ppl   411.40"),
+             (9.5, "Exiting from training early"),
+             (12.0, "| End of training | test loss  5.97 | test ppl   392.47")]
+    printed = real_peer.parse(lines)
+    assert printed["progress"][0] == {"epoch": 1, "batch": 200, "batches": 1327, "learning_rate": 20.0,
+                                      "ms_per_batch": 45.07}
+    assert printed["epochs"] == [{"epoch": 1, "seconds": 64.03, "valid_loss": 6.02, "valid_perplexity": 411.4}]
+    assert printed["test"] == {"loss": 5.97, "perplexity": 392.47} and printed["stopped_early"]
+    assert real_peer.stream_tokens(82430) == 82420
+
+
+def test_race_asks_for_the_real_program_or_the_named_fallback(monkeypatch, capsys):
+    monkeypatch.delenv("LSTMLM_PEER_DIR", raising=False)
+    with pytest.raises(SystemExit):
+        race.parse_args(["--quick"])
+    assert "--peer-dir" in capsys.readouterr().err
+    assert race.parse_args(["--quick", "--peer", "reimplementation"]).peer == "reimplementation"
+    with pytest.raises(SystemExit, match="no word_language_model/main.py"):
+        race.parse_args(["--quick", "--peer-dir", "/nonexistent"])
