@@ -38,7 +38,7 @@ import lstmlm
 from lstmlm import torch_backend
 from lstmlm.inference.language_model import LanguageModel
 from lstmlm.machine import describe
-from lstmlm.run_directory import Run
+from lstmlm.run_directory import RunDirectory
 from lstmlm.inference.samplers import RandomSampler, sample_rows
 from lstmlm.data.vocabulary import Vocabulary
 
@@ -53,7 +53,7 @@ def language_model(name, precision, prefix_cache_bytes=0):
     vocabulary = Vocabulary(WORDS + ["<eos>", "<unk>"], [1] * 10000)
     vocabulary.save(FOLDER / "vocab.txt")
     model = lstmlm.build_model(config, len(vocabulary))
-    return LanguageModel(Run(FOLDER, config, vocabulary, model, [], {}), precision, prefix_cache_bytes)
+    return LanguageModel(RunDirectory(FOLDER, config, vocabulary, model, [], {}), precision, prefix_cache_bytes)
 
 
 def median_seconds(function, repeats):

@@ -24,8 +24,8 @@ def training_cpu(info):
 
 def measure(run_dir):
     model = load(run_dir)
-    history = model.run.history
-    info = model.run.info
+    history = model.run_directory.history
+    info = model.run_directory.info
     results = {split: model.evaluate(split=split) for split in ("valid", "test")}
     best = min(history, key=lambda row: row["valid_loss"])
     return {

@@ -52,7 +52,7 @@ def window_scores(model, ids):
     nll = 0.0
     with torch.no_grad():
         for x, y in batches.epoch():  # x, y: (batch_size, num_steps)
-            outputs, _ = step.run(x, step.initial_states(len(x)))  # a zero state per window: the stateless model
+            outputs, _ = step.advance(x, step.initial_states(len(x)))  # a zero state per window: the stateless model
             logits = torch.from_numpy(np.asarray(step.logits(outputs)))  # (batch_size, num_steps, vocabulary)
             targets = torch.as_tensor(np.asarray(y, dtype=np.int64))
             hits += int((logits.argmax(-1) == targets).sum())

@@ -38,7 +38,7 @@ def test_onnx_logits_match_lstmlm_over_a_50_word_text(loaded_tiny, exported):
     assert len(words) == 50 and unknown == []
     model = loaded_tiny.model
     reference = KerasStepModel(model)  # the Keras layers themselves
-    outputs, _ = reference.run([ids], reference.initial_states(1))
+    outputs, _ = reference.advance([ids], reference.initial_states(1))
     expected = reference.logits(outputs)[0]  # (51, vocabulary): after <eos> and after each word
     got, _ = onnx_steps(session, ids, model.num_layers, model.hidden_size)
     assert got.shape == expected.shape

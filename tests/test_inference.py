@@ -36,7 +36,7 @@ def test_float32_is_the_keras_model_itself(models):
     reference = KerasStepModel(model.model)
     for text in PROMPTS:
         ids = model.encode_prompt(text)[0]
-        outputs, _ = reference.run([ids], reference.initial_states(1))
+        outputs, _ = reference.advance([ids], reference.initial_states(1))
         expected = reference.logits(outputs[:, -1])[0]
         got = model._next_logits(model._prompt_states(ids))[0]
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
@@ -85,10 +85,10 @@ def test_int8_batched_steps_are_bit_identical_to_single_rows(models):
     step = models["int8"].step_model
     rng = np.random.default_rng(0)
     ids = rng.integers(0, len(models["int8"].vocabulary), (7, 5))
-    outputs, states = step.run(ids, step.initial_states(7))
+    outputs, states = step.advance(ids, step.initial_states(7))
     batch_logits = step.logits(outputs)
     for row in range(7):
-        single, single_states = step.run(ids[row:row + 1], step.initial_states(1))
+        single, single_states = step.advance(ids[row:row + 1], step.initial_states(1))
         assert np.array_equal(step.logits(single), batch_logits[row:row + 1])
         assert all(np.array_equal(a.numpy(), b[:, row:row + 1].numpy()) for a, b in zip(single_states, states))
 

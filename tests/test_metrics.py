@@ -37,7 +37,7 @@ def test_evaluate_and_score_of_a_model_whose_loss_overflows_exp(loaded_tiny):
         ids = loaded_tiny.vocabulary.encode("the cat sees the fish <eos> a bird hears a song".split())
         result = evaluate_ids(model, ids, loaded_tiny.vocabulary)
         assert result["loss"] > 1000 and result["perplexity"] == math.inf
-        fresh = LanguageModel(loaded_tiny.run)  # its own weight cache, built from the scaled weights
+        fresh = LanguageModel(loaded_tiny.run_directory)  # its own weight cache, built from the scaled weights
         score = fresh.score("the cat sees the fish today a bird hears a song")
         assert -score["total_log_probability"] / score["tokens"] > 1000 and score["perplexity"] == math.inf
     finally:

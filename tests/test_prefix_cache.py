@@ -56,8 +56,8 @@ def test_typing_with_the_cache_gives_the_same_bits_as_without(keras_model, preci
 def test_a_growing_prompt_runs_few_words_per_request(keras_model, precision):
     step = TorchStepModel(keras_model, precision)
     calls = []
-    original = step.run
-    step.run = lambda ids, states: calls.append(len(ids[0])) or original(ids, states)
+    original = step.advance
+    step.advance = lambda ids, states: calls.append(len(ids[0])) or original(ids, states)
     words = list(np.random.default_rng(1).integers(0, 60, 40))
     cache = PrefixCache()
     prompt_state(step, words[:30], cache)

@@ -99,7 +99,7 @@ def add_train(subparsers):
         field = next(f for f in dataclasses.fields(Config) if f.name == new)
         group.add_argument(f"--{flag(old)}", dest=new, default=None, type=_positive_or_any(_field_type(field)),
                            action=DeprecatedAlias, replacement=f"--{flag(new)}")
-    parser.set_defaults(run=run_train)
+    parser.set_defaults(handler=run_train)
 
 
 def resolve_config(args):
@@ -237,7 +237,7 @@ def add_evaluate(subparsers):
     parser.add_argument("--json", action="store_true", help="print JSON")
     add_precision(parser)
     add_epoch(parser)
-    parser.set_defaults(run=run_evaluate)
+    parser.set_defaults(handler=run_evaluate)
 
 
 def run_evaluate(args):
@@ -268,7 +268,7 @@ def add_predict(subparsers):
     parser.add_argument("--json", action="store_true")
     add_precision(parser)
     add_epoch(parser)
-    parser.set_defaults(run=run_predict)
+    parser.set_defaults(handler=run_predict)
 
 
 def run_predict(args):
@@ -309,7 +309,7 @@ def add_generate(subparsers):
                         help="N continuations in one batch; sample i is what --seed SEED+i gives alone")
     parser.add_argument("--json", action="store_true")
     add_precision(parser)
-    parser.set_defaults(run=run_generate)
+    parser.set_defaults(handler=run_generate)
 
 
 def run_generate(args):
@@ -340,7 +340,7 @@ def add_score(subparsers):
     text.add_argument("--file", help="a UTF-8 text file to score (read as one text)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_precision(parser)
-    parser.set_defaults(run=run_score)
+    parser.set_defaults(handler=run_score)
 
 
 def run_score(args):
@@ -386,7 +386,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line recorded in config.json
     try:
-        return args.run(args)
+        return args.handler(args)
     except LstmlmError as error:
         print(f"lstmlm: error: {one_line(error)}", file=sys.stderr)
         return 2

@@ -239,7 +239,7 @@ def _load_problem(error):
 
 
 @dataclass
-class Run:
+class RunDirectory:
     """A loaded run directory."""
 
     path: Path
@@ -336,7 +336,7 @@ def load_run(path, model_file=MODEL):
     model = load_keras_model(model_path)
     if model.vocabulary_size != len(vocabulary):
         raise LstmlmError(f"{path}: model has {model.vocabulary_size} words but vocab.txt has {len(vocabulary)}")
-    return Run(path, config, vocabulary, model, read_history(path / HISTORY), info)
+    return RunDirectory(path, config, vocabulary, model, read_history(path / HISTORY), info)
 
 
 # ---- state.json: where an interrupted or finished training run stands, for --resume ---------------------

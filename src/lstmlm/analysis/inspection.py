@@ -125,7 +125,7 @@ def add_parser(subparsers):
     parser.add_argument("--units", type=int, default=32, help="show the first N units (default 32; 0 = all)")
     parser.add_argument("--out", help="heatmap PNG (default: RUN_DIR/plots/inspect-layer-N.png unless --json)")
     parser.add_argument("--json", action="store_true", help="print the values as JSON")
-    parser.set_defaults(run=run_inspect)
+    parser.set_defaults(handler=run_inspect)
 
 
 def run_inspect(args):

@@ -113,7 +113,7 @@ def add_parser(subparsers):
                                                "accuracy, learning rate and tokens/s per epoch.")
     parser.add_argument("run_dir")
     parser.add_argument("--out", help="folder for the PNG files (default: RUN_DIR/plots)")
-    parser.set_defaults(run=run_plot)
+    parser.set_defaults(handler=run_plot)
 
 
 def run_plot(args):

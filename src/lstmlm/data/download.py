@@ -83,7 +83,7 @@ def add_parser(subparsers):
     parser.add_argument("--out", required=True, help="folder to write the files into")
     parser.add_argument("--sha256", action="append", default=[],
                         help="expected sha256 of each URL's bytes, in URL order (give all or none)")
-    parser.set_defaults(run=run_download)
+    parser.set_defaults(handler=run_download)
 
 
 def run_download(args):

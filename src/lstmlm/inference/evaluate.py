@@ -48,7 +48,7 @@ def _run_stream(model, inputs, targets, states, chunk_length, totals):
     for start in range(0, inputs.shape[1], chunk_length):
         y = ops.convert_to_tensor(targets[:, start:start + chunk_length], dtype="int32")
         if not hasattr(model, "call_with_states"):  # a step model: its own precision and products
-            outputs, states = model.run(inputs[:, start:start + chunk_length], states)
+            outputs, states = model.advance(inputs[:, start:start + chunk_length], states)
             if adaptive:  # the layer's own sums: each tail cluster only where it is needed
                 scores = model.adaptive_scores(outputs, y)
             else:

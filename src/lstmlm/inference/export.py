@@ -101,7 +101,7 @@ def export_onnx(language_model, out):
         onnx_logger.setLevel(level)
     vocabulary = language_model.vocabulary
     with atomic_path(out / "vocab.txt", "vocabulary") as temporary:
-        shutil.copyfile(language_model.run.path / "vocab.txt", temporary)
+        shutil.copyfile(language_model.run_directory.path / "vocab.txt", temporary)
     info = {"format": "onnx", "opset": OPSET, "model": "model.onnx", "vocabulary": "vocab.txt",
             "inputs": {"ids": ["batch", 1], "h": [L, "batch", H], "c": [L, "batch", H]},
             "outputs": {"logits": ["batch", step.vocabulary_size], "h_out": [L, "batch", H],
@@ -111,7 +111,7 @@ def export_onnx(language_model, out):
             "lowercase": language_model.config.lowercase,
             "usage": "start from zero h and c; feed <eos>, then each word id, one step at a time, carrying "
                      "h_out/c_out; the logits after the last word score the next word",
-            "source_run": language_model.run.path.resolve().name}
+            "source_run": language_model.run_directory.path.resolve().name}
     atomic_write_text(out / "export.json", json.dumps(info, indent=2) + "\n", "export description")
     return out
 
@@ -124,7 +124,7 @@ def add_parser(subparsers):
     parser.add_argument("run_dir")
     parser.add_argument("--format", default="onnx", choices=["onnx"], help="output format (default onnx)")
     parser.add_argument("--out", required=True, help="output directory (created if missing)")
-    parser.set_defaults(run=run_export)
+    parser.set_defaults(handler=run_export)
 
 
 def run_export(args):

@@ -35,7 +35,7 @@ class LanguageModel:
     """A loaded run directory.
 
     Args:
-        run: a loaded run (`lstmlm.run_directory.load_run`).
+        run_directory: a loaded run directory (`lstmlm.run_directory.load_run`).
         precision: None (the run's saved precision), "auto", "float32", "bfloat16" or "int8" (see precision.py).
         prefix_cache_bytes: memory bound of the prefix-state cache (0 = no cache).
 
@@ -45,13 +45,13 @@ class LanguageModel:
         {'predictions': [{'word': 'is', 'probability': 0.09}, ...], 'unknown_words': []}
     """
 
-    def __init__(self, run, precision=None, prefix_cache_bytes=DEFAULT_PREFIX_CACHE_BYTES):
-        self.run = run
-        self.model = run.model
-        self.vocabulary = run.vocabulary
-        self.config = run.config
+    def __init__(self, run_directory, precision=None, prefix_cache_bytes=DEFAULT_PREFIX_CACHE_BYTES):
+        self.run_directory = run_directory
+        self.model = run_directory.model
+        self.vocabulary = run_directory.vocabulary
+        self.config = run_directory.config
         self.eos_id = self.vocabulary.index.get(EOS)
-        self.precision = inference_precision(precision, run.config.precision)
+        self.precision = inference_precision(precision, run_directory.config.precision)
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None
         # The weights are converted to the precision and layout of the step model once and kept (a user who
         # changes self.model's weights must call refresh()).
@@ -95,7 +95,7 @@ class LanguageModel:
 
     def _all_logits(self, ids):
         """Logits (positions, vocabulary) float64 after each of `ids`, from a zero state."""
-        outputs, _ = self.step_model.run([ids], self.step_model.initial_states(1))
+        outputs, _ = self.step_model.advance([ids], self.step_model.initial_states(1))
         return np.asarray(self.step_model.logits(outputs[0]), dtype=np.float64)
 
     def _next_logits(self, states):
@@ -213,7 +213,7 @@ class LanguageModel:
                                 None if logprobs is None else [self._log_probabilities(row, i, logprobs)
                                                                for row, i in zip(logits, chosen)])
             if position + 1 < num_words:
-                _, states = step.run(np.asarray(chosen)[:, None], states)
+                _, states = step.advance(np.asarray(chosen)[:, None], states)
                 logits = self._next_logits(states)
 
     def stream(self, prompt="", num_words=DEFAULT_NUM_WORDS, temperature=1.0, top_k=0, top_p=1.0, seed=None,
@@ -286,7 +286,7 @@ class LanguageModel:
         "top5_accuracy", "seconds", "num_unknown_words"}."""
         from lstmlm.inference.evaluate import evaluate
 
-        return evaluate(self.run, split=split, file=file, evaluation_batch_size=evaluation_batch_size,
+        return evaluate(self.run_directory, split=split, file=file, evaluation_batch_size=evaluation_batch_size,
                         chunk_length=chunk_length, step_model=self.step_model)
 
     def actual_vs_predicted(self, ids, skip=40, count=10):
@@ -299,7 +299,7 @@ class LanguageModel:
         actual, predicted = [], []
         for i in range(count):
             window = ids[skip + i : skip + i + steps]
-            _, states = self.step_model.run([window], self.step_model.initial_states(1))
+            _, states = self.step_model.advance([window], self.step_model.initial_states(1))
             predicted.append(self.vocabulary.words[int(np.argmax(self._next_logits(states)[0]))])
             actual.append(self.vocabulary.words[int(ids[skip + i + steps])])
         return {"actual": actual, "predicted": predicted}

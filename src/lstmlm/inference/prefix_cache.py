@@ -118,17 +118,17 @@ def prompt_state(step_model, ids, cache=None, block=BLOCK):
         states = step_model.initial_states(1)
     if invariant:
         if start < total:
-            _, states = step_model.run([ids[start:]], states)
+            _, states = step_model.advance([ids[start:]], states)
             if cache is not None:
                 cache.put(keys[total], states, step_model.nbytes(states))
         return states
     last_block_end = total - total % block
     for end in range(start + block, last_block_end + 1, block):  # whole blocks after the cached prefix
-        _, states = step_model.run([ids[end - block:end]], states)
+        _, states = step_model.advance([ids[end - block:end]], states)
         if cache is not None:
             cache.put(keys[end], states, step_model.nbytes(states))
     if max(start, last_block_end) < total:  # the words after the last block end
-        _, states = step_model.run([ids[last_block_end:]], states)
+        _, states = step_model.advance([ids[last_block_end:]], states)
         if cache is not None:
             cache.put(keys[total], states, step_model.nbytes(states))
     return states

@@ -2,7 +2,7 @@
 softmax layer applied only where a distribution is needed.
 
     step = make_step_model(keras_model, "int8")
-    outputs, states = step.run(ids, step.initial_states(1))   # ids (batch, time); outputs (batch, time, hidden)
+    outputs, states = step.advance(ids, step.initial_states(1))   # ids (batch, time); outputs (batch, time, hidden)
     logits = step.logits(outputs[:, -1])                       # numpy float32 (batch, vocabulary)
 
 States are a pair (h, c), each (num_layers, batch, hidden_size): torch's layout, which is also the ONNX step
@@ -63,7 +63,7 @@ class TorchStepModel:
         >>> import lstmlm
         >>> model = lstmlm.build_model(lstmlm.preset("tiny", max_vocabulary_size=50), 50)
         >>> step = TorchStepModel(model, "int8")
-        >>> outputs, (h, c) = step.run([[1, 2, 3]], step.initial_states(1))
+        >>> outputs, (h, c) = step.advance([[1, 2, 3]], step.initial_states(1))
         >>> tuple(outputs.shape), tuple(h.shape), step.logits(outputs[:, -1]).shape
         ((1, 3, 32), (2, 1, 32), (1, 50))
     """
@@ -132,7 +132,7 @@ class TorchStepModel:
         return sum(s.numel() * s.element_size() for s in states)
 
     # ---- the network ------------------------------------------------------------------------------------
-    def run(self, ids, states):
+    def advance(self, ids, states):
         """ids: (batch, time) ints; states: (h, c). Returns (top-layer outputs (batch, time, hidden), states)."""
         import torch
 
@@ -256,7 +256,7 @@ class KerasStepModel:
     def nbytes(states):
         return sum(int(np.prod(s.shape)) * 4 for s in states)
 
-    def run(self, ids, states):
+    def advance(self, ids, states):
         from keras import ops
 
         with torch_backend.no_grad():

@@ -292,7 +292,7 @@ async def sse_frames(head, first, events, include_usage):
 def model_card(language_model, name):
     """GET /v1/models' entry for the served run: created is when its config.json was written (training began)."""
     try:
-        created = int((language_model.run.path / "config.json").stat().st_mtime)
+        created = int((language_model.run_directory.path / "config.json").stat().st_mtime)
     except (OSError, AttributeError):
         created = int(time.time())
     return {"id": name, "object": "model", "created": created, "owned_by": "lstmlm"}

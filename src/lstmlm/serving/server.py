@@ -113,7 +113,7 @@ def create_app(language_model, limits=Limits(), batching=Batching(), api_keys=()
     gate = ModelGate(language_model)
     batcher = (MicroBatcher(next_batch_function(language_model), batching.window_ms / 1000, batching.max_batch,
                             gate=gate.lock) if batching.enabled else None)
-    model_name = language_model.run.path.resolve().name  # the directory's name, never the full path
+    model_name = language_model.run_directory.path.resolve().name  # the directory's name, never the full path
     app = FastAPI(title="lstmlm", version=__version__,
                   description=f"Next-word suggestions, generation, scoring and OpenAI-compatible completions with "
                               f"the LSTM model {model_name!r}.")
@@ -304,7 +304,7 @@ def add_parser(subparsers):
     parser.add_argument("--max-batch", type=int, default=Batching.max_batch,
                         help=f"most /v1/next requests in one batch (default {Batching.max_batch})")
     add_precision_argument(parser)
-    parser.set_defaults(run=run_serve)
+    parser.set_defaults(handler=run_serve)
 
 
 API_KEY_VARIABLE = "LSTMLM_API_KEY"
