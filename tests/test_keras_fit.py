@@ -209,7 +209,7 @@ def test_model_checkpoint_writes_the_tutorials_model_nn_files(corpus, tmp_path):
     model, _ = small_fit(corpus, callbacks=[checkpoint])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model-01.keras", "model-02.keras"]
     last, first = rd.load_keras_model(tmp_path / "model-02.keras"), rd.load_keras_model(tmp_path / "model-01.keras")
-    for got, want, earlier in zip(weights(last), weights(model), weights(first)):
+    for got, want in zip(weights(last), weights(model), strict=True):
         np.testing.assert_array_equal(got, want)
     assert any(not np.array_equal(a, b) for a, b in zip(weights(first), weights(last)))
 

@@ -1,7 +1,7 @@
-"""From Keras' `model.fit()` to lstmlm's world (docs/keras.md): the `ResetStates` callback for a stateful model on
-streams, a `TensorBoard` callback that needs no TensorFlow (Keras' own writes through `tf.summary`, so on torch and
-JAX it needs TensorFlow installed), and `save_run`, which writes a fit()-trained model as a run directory that `lstmlm evaluate`, `predict`,
-`generate`, `serve` and `export` accept.
+"""From Keras' `model.fit()` to lstmlm's world (docs/keras.md): the `ResetStates` callback for a stateful model
+on streams, a `TensorBoard` callback that needs no TensorFlow (Keras' own writes through `tf.summary`, so on
+torch and JAX it needs TensorFlow installed), and `save_run`, which writes a fit()-trained model as a run
+directory that `lstmlm evaluate`, `predict`, `generate`, `serve` and `export` accept.
 
 `save_run` writes what `run_directory.load_run` reads (and nothing `--resume` would: a fit() run resumes with
 Keras' BackupAndRestore): config.json (a Config describing the model, its corpus and its batches), vocab.txt,
