@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""The results tables of README.md and docs/race.md, written from the committed artifacts and nothing else.
+
+    python benchmarks/report.py            # rewrite the generated regions in place
+    python benchmarks/report.py --check    # exit 1 if a committed table differs from what this writes
+
+Sources: every docs/runs/race/*.json (a race's result.json: commands, commit, CPU model and flags, threads,
+load average, both sides' histories and final scores). Every race is shown, won or lost, with the peer it ran
+against (the real pytorch/examples program at a commit, or the re-implementation). A generated region sits
+between `<!-- report:NAME begin -->` and `<!-- report:NAME end -->`; tests/test_report.py runs --check, so a
+table edited by hand, or an artifact added without regenerating, fails the tests.
+"""
+
+import argparse
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RACES = ROOT / "docs" / "runs" / "race"
+CORPUS = {"ptb": "PTB", "wikitext-2": "WikiText-2", "quick": "quick"}
+STANDARD_FLAGS = {"--train", "--valid", "--test", "--max-vocabulary-size", "--max-vocab"}
+
+
+def races(directory=RACES):
+    """(artifact path relative to the repository, result) for each committed race, in a stable order."""
+    found = []
+    for path in sorted(Path(directory).glob("*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if "sides" in result:
+            found.append((path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path), result))
+    return sorted(found, key=lambda item: (item[1]["corpus"]["name"], item[1]["minutes"], item[1]["threads"],
+                                           item[1]["mode"], item[0]))
+
+
+def recipe(result):
+    """lstmlm's preset plus any flags the race added (--lstmlm-args), read from the command it ran."""
+    commands = result["sides"]["lstmlm"].get("commands") or [""]
+    words = shlex.split(commands[0])
+    extra = words[words.index("--no-report") + 1:] if "--no-report" in words else []
+    kept, skip = [], False
+    for word in extra:
+        if skip:
+            skip = False
+        elif word in STANDARD_FLAGS:
+            skip = True
+        else:
+            kept.append(word)
+    return "`" + " ".join([result["preset"], *kept]) + "`"
+
+
+def peer(result):
+    info = result.get("peer") or {"kind": "re-implementation"}
+    if info["kind"] == "real program":
+        return f"real program ({str(info.get('commit'))[:7]})"
+    return "re-implementation"
+
+
+def machine(result):
+    start, end = result["machine_at_start"], result["machine_at_end"]
+    flags = start["cpu_flags"]
+    bf16 = "bf16/AMX" if flags.get("amx_bf16") or flags.get("avx512_bf16") else "no bf16"
+    cpu = re.sub(r"\(R\)|\(TM\)|CPU|Processor|@.*", "", start["cpu"]).split()
+    return (f"{' '.join(cpu)}, {start['logical_cpus']} CPUs, {bf16}; load {start['load_average'][0]:g} -> "
+            f"{end['load_average'][0]:g}")
+
+
+def pair(side):
+    if "error" in side:
+        return "failed"
+    final = side["final"]
+    return f"{final['valid']['perplexity']:.2f} / {final['test']['perplexity']:.2f}"
+
+
+def race_row(artifact, result):
+    lstmlm, other, checks = result["sides"]["lstmlm"], result["sides"]["peer"], result["checks"]
+    margin = checks.get("lstmlm_test_lower_by_percent")
+    outcome = "-" if margin is None else f"{margin:+.1f}% ({'lstmlm' if margin > 0 else 'peer'} won)"
+    epochs = "-" if not checks.get("complete") else f"{lstmlm['epochs']:.2f} / {other['epochs']:.2f}"
+    commit = (result.get("git_commit") or "?")[:7]
+    return (f"| {CORPUS[result['corpus']['name']]} | {result['minutes']:g} min | {result['threads']} | "
+            f"{result['mode']} | {recipe(result)} | {pair(lstmlm)} | {pair(other)} | {peer(result)} | {outcome} | "
+            f"{epochs} | {machine(result)} | {commit} | [{Path(artifact).name}](runs/race/{Path(artifact).name}) |")
+
+
+def race_table(found):
+    header = ("| corpus | budget | threads each | mode | lstmlm recipe | lstmlm valid / test | peer valid / test | "
+              "peer | lstmlm's test lower by | epochs lstmlm / peer | machine (CPU; 1-min load start -> end) | "
+              "commit | artifact |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    return "\n".join([header, *(race_row(artifact, result) for artifact, result in found)])
+
+
+def ptb_results_table(found):
+    """README's PTB table: lstmlm's side of every committed PTB race, linked to its artifact."""
+    header = ("| lstmlm recipe | budget | threads | valid / test ppl | test accuracy | epochs | tokens/s | machine | "
+              "artifact |\n|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for artifact, result in found:
+        side = result["sides"]["lstmlm"]
+        if result["corpus"]["name"] != "ptb" or "error" in side:
+            continue
+        rows.append(f"| {recipe(result)} | {result['minutes']:g} min | {result['threads']} ({result['mode']}) | "
+                    f"{pair(side)} | {side['final']['test']['accuracy']:.4f} | {side['epochs']:.2f} | "
+                    f"{side['tokens_per_second']:,.0f} ({side.get('precision')}) | {machine(result)} | "
+                    f"[{Path(artifact).name}](docs/runs/race/{Path(artifact).name}) |")
+    return "\n".join([header, *rows])
+
+
+def regions(found):
+    """{file: {region: text}} this generator owns."""
+    relative = [(artifact, result) for artifact, result in found]
+    return {ROOT / "docs" / "race.md": {"race-table": race_table(relative)},
+            ROOT / "README.md": {"ptb-results": ptb_results_table(relative)}}
+
+
+def replace_region(text, name, body, path):
+    pattern = re.compile(rf"(<!-- report:{name} begin -->\n)(.*?)(<!-- report:{name} end -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"report: error: {path} has no <!-- report:{name} begin/end --> region")
+    return pattern.sub(lambda match: match.group(1) + body + "\n" + match.group(3), text, count=1)
+
+
+def render(found=None):
+    """{path: (committed text, generated text)}."""
+    found = races() if found is None else found
+    out = {}
+    for path, generated in regions(found).items():
+        text = path.read_text(encoding="utf-8")
+        new = text
+        for name, body in generated.items():
+            new = replace_region(new, name, body, path)
+        out[path] = (text, new)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a committed table is not the generated one")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, (text, new) in render().items():
+        if text != new:
+            stale.append(path.relative_to(ROOT))
+            if not args.check:
+                path.write_text(new, encoding="utf-8")
+    if args.check and stale:
+        print(f"report: stale tables in {', '.join(map(str, stale))}: run python benchmarks/report.py")
+        return 1
+    print("report: " + ("written: " + ", ".join(map(str, stale)) if stale and not args.check else "up to date"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
