@@ -263,8 +263,8 @@ def test_read_split_and_encode_file_count_unknown_words_as_before(tmp_path):
     assert (ids.tolist(), num_unknown) == expected == ([0, 2, 2, 3, 2, 2, 1], 3)  # a literal <unk> is known
     ids, num_unknown = encode_file(paths["valid"], corpus.vocabulary)
     assert (ids.tolist(), num_unknown) == expected
-    with pytest.raises(LstmlmError, match="--split test: this run has no test split"):
+    with pytest.raises(LstmlmError, match="^split test: this run has no test split"):
         read_split(config, "test", corpus.vocabulary)
     paths["valid"].unlink()
-    with pytest.raises(LstmlmError, match="--split valid: the run's corpus is not available here .*no such file"):
+    with pytest.raises(LstmlmError, match="^split valid: the run's corpus is not available here .*no such file"):
         read_split(config, "valid", corpus.vocabulary)

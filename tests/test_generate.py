@@ -113,9 +113,9 @@ def test_score_matches_predict(loaded_tiny):
 def test_bad_generation_arguments(loaded_tiny):
     with pytest.raises(LstmlmError, match="temperature"):
         loaded_tiny.generate("the", num_words=3, temperature=-1)
-    with pytest.raises(LstmlmError, match="--num-words"):
+    with pytest.raises(LstmlmError, match="^num_words"):
         loaded_tiny.generate("the", num_words=-1)
-    with pytest.raises(LstmlmError, match="--top-k"):
+    with pytest.raises(LstmlmError, match="^top_k"):
         loaded_tiny.predict_next("the", top_k=0)
     assert loaded_tiny.generate("the", num_words=0)["words"] == []
 
@@ -150,5 +150,5 @@ def test_a_deadline_stops_generation_with_a_prefix_of_the_same_text(loaded_tiny,
 def test_a_bad_seed_is_one_clear_error(loaded_tiny, seed):
     from lstmlm.errors import LstmlmError
 
-    with pytest.raises(LstmlmError, match=r"--seed must be a non-negative integer, got "):
+    with pytest.raises(LstmlmError, match=r"^seed must be a non-negative integer, got "):
         loaded_tiny.generate("the", 3, seed=seed)

@@ -153,12 +153,12 @@ def test_precision_rule(monkeypatch):
         inference_precision("bfloat16", "float32")  # asked for here: an error
     monkeypatch.setattr(torch_backend, "bfloat16_supported", lambda: True)
     assert inference_precision(None, "auto") == "bfloat16" and inference_precision("auto", "float32") == "bfloat16"
-    with pytest.raises(LstmlmError, match="--precision must be one of"):
+    with pytest.raises(LstmlmError, match="^precision must be one of"):
         inference_precision("fp16", "auto")
 
 
 def test_bad_num_samples(models):
-    with pytest.raises(LstmlmError, match="--num-samples"):
+    with pytest.raises(LstmlmError, match="^num_samples"):
         models["float32"].generate("the", 3, num_samples=0)
     result = models["float32"].generate("the", 3, num_samples=2)  # no seed: a random base, reported
     assert result["samples"][1]["seed"] == result["samples"][0]["seed"] + 1

@@ -388,7 +388,7 @@ def main(argv=None):
     try:
         return args.handler(args)
     except LstmlmError as error:
-        print(f"lstmlm: error: {one_line(error)}", file=sys.stderr)
+        print(f"lstmlm: error: {one_line(error.for_command_line())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:  # Ctrl-C (130), or SIGTERM (143) / SIGHUP (129) during training
         status = getattr(interrupt, "exit_status", 130)

@@ -20,7 +20,7 @@ from lstmlm import torch_backend
 from lstmlm.errors import LstmlmError
 
 PRECISIONS = ("auto", "float32", "bfloat16", "int8")
-NO_BFLOAT16 = ("--precision bfloat16: this machine has no native bfloat16 (needs a CPU with avx512_bf16/AMX or a "
+NO_BFLOAT16 = ("precision bfloat16: this machine has no native bfloat16 (needs a CPU with avx512_bf16/AMX or a "
                "CUDA GPU with bf16, and the torch backend); use auto, float32 or, for inference, int8")
 # Optimizers that divide each parameter's step by its own running gradient size (see training_lstm_precision).
 ADAPTIVE_OPTIMIZERS = ("adam", "adamw")
@@ -43,7 +43,7 @@ def training_precision(requested):
     hardware lacks it is an error (rule 4: training asks for it on the command line or in a config)."""
     choice = resolve_precision(requested)
     if choice == "bfloat16" and not torch_backend.bfloat16_supported():
-        raise LstmlmError(NO_BFLOAT16)
+        raise LstmlmError(NO_BFLOAT16, argument="precision")
     return choice
 
 
@@ -63,14 +63,14 @@ def inference_precision(requested=None, saved="auto"):
         'float32'
     """
     if requested is not None and requested not in PRECISIONS:
-        raise LstmlmError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+        raise LstmlmError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}", argument="precision")
     choice = resolve_precision(requested or saved or "auto")
     if choice == "bfloat16" and not torch_backend.bfloat16_supported():
         if requested is None:
             return "float32"  # trained in bfloat16 on other hardware; this machine has no bfloat16 kernels
-        raise LstmlmError(NO_BFLOAT16)
+        raise LstmlmError(NO_BFLOAT16, argument="precision")
     if choice == "int8" and not torch_backend.is_torch():
-        raise LstmlmError("--precision int8 needs the torch backend (KERAS_BACKEND=torch)")
+        raise LstmlmError("precision int8 needs the torch backend (KERAS_BACKEND=torch)", argument="precision")
     return choice
 
 

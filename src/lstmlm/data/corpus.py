@@ -49,7 +49,7 @@ class Corpus:
 
 def bundled_source(name, split):
     if name not in BUNDLED:
-        raise LstmlmError(f"--data: unknown bundled corpus {name!r} (bundled: {', '.join(BUNDLED)})")
+        raise LstmlmError(f"data: unknown bundled corpus {name!r} (bundled: {', '.join(BUNDLED)})", argument="data")
     resource = resources.files("lstmlm") / "data" / name / f"{name}.{split}.txt.gz"
     return TextSource(resource, name=f"{name}.{split}", published_sha256=BUNDLED[name][split])
 
@@ -109,9 +109,10 @@ def read_split(config, split, vocabulary, cache=None):
             with open_cache(cache) as store:
                 ids, num_unknown, _ = _encoded(sources[split], vocabulary, config.lowercase, store)
     except LstmlmError as error:
-        raise LstmlmError(f"--split {split}: the run's corpus is not available here ({error}); use --file") from None
+        raise LstmlmError(f"split {split}: the run's corpus is not available here ({error}); use --file",
+                          argument="split") from None
     if split not in sources:
-        raise LstmlmError(f"--split {split}: this run has no {split} split (use --file)")
+        raise LstmlmError(f"split {split}: this run has no {split} split (use --file)", argument="split")
     return ids, num_unknown
 
 

@@ -115,7 +115,7 @@ class LanguageModel:
         Returns {"predictions": [{"word", "probability"}], "unknown_words": [the prompt's words read as <unk>]}.
         """
         if top_k <= 0:
-            raise LstmlmError(f"--top-k must be positive, got {top_k}")
+            raise LstmlmError(f"top_k must be positive, got {top_k}", argument="top_k")
         ids, _, unknown = self.encode_prompt(text)
         probabilities = softmax(self._next_logits(self._prompt_states(ids))[0])
         return {"predictions": self._top(probabilities, top_k), "unknown_words": unknown}
@@ -135,7 +135,7 @@ class LanguageModel:
         for i, (text, top_k) in enumerate(requests):
             try:
                 if top_k <= 0:
-                    raise LstmlmError(f"--top-k must be positive, got {top_k}")
+                    raise LstmlmError(f"top_k must be positive, got {top_k}", argument="top_k")
                 ids, _, unknown = self.encode_prompt(text)
                 states.append(self._prompt_states(ids))
                 where.append((i, top_k, unknown))
@@ -295,7 +295,7 @@ class LanguageModel:
         """
         steps = self.config.num_steps
         if len(ids) < skip + steps + count:
-            raise LstmlmError(f"--skip {skip} --count {count}: the text has only {len(ids)} tokens")
+            raise LstmlmError(f"skip {skip} and count {count}: the text has only {len(ids)} tokens", argument="skip")
         actual, predicted = [], []
         for i in range(count):
             window = ids[skip + i : skip + i + steps]
@@ -308,11 +308,11 @@ class LanguageModel:
 def _checked_sampler(num_words, num_samples, seed, temperature, top_k, top_p):
     """The sampler for generate/stream, after checking their arguments (one message per mistake)."""
     if num_words < 0:
-        raise LstmlmError(f"--num-words must be >= 0, got {num_words}")
+        raise LstmlmError(f"num_words must be >= 0, got {num_words}", argument="num_words")
     if num_samples is not None and num_samples < 1:
-        raise LstmlmError(f"--num-samples must be positive, got {num_samples}")
+        raise LstmlmError(f"num_samples must be positive, got {num_samples}", argument="num_samples")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-        raise LstmlmError(f"--seed must be a non-negative integer, got {seed!r}")  # numpy's error said less
+        raise LstmlmError(f"seed must be a non-negative integer, got {seed!r}", argument="seed")  # numpy's error said less
     try:
         return make_sampler(temperature, top_k, top_p)
     except ValueError as error:
@@ -390,6 +390,6 @@ def load(run_dir, precision=None, prefix_cache_bytes=DEFAULT_PREFIX_CACHE_BYTES,
     """
     model_file = MODEL if epoch is None else epoch_model_file(epoch)
     if epoch is not None and not (Path(run_dir) / model_file).is_file():  # model-00, model--1: never written
-        raise LstmlmError(f"--epoch {epoch}: {Path(run_dir) / model_file} does not exist (a checkpoint is written "
-                          "after each finished epoch)")
+        raise LstmlmError(f"epoch {epoch}: {Path(run_dir) / model_file} does not exist (a checkpoint is written "
+                          "after each finished epoch)", argument="epoch")
     return LanguageModel(load_run(run_dir, model_file), precision, prefix_cache_bytes)
