@@ -70,63 +70,46 @@ class LSTMLanguageModel(keras.Model):
                  layer_dropout=0.0, variational=False, embedding_dropout=0.0, weight_drop=0.0, tie_weights=False,
                  init_scale=0.0, fused=True, seed=1, softmax="full", cutoffs=None, stateful=False, **kwargs):
         super().__init__(**kwargs)
-        _check_arguments(vocabulary_size=vocabulary_size, embedding_size=embedding_size, hidden_size=hidden_size,
+        arguments = dict(vocabulary_size=vocabulary_size, embedding_size=embedding_size, hidden_size=hidden_size,
                          num_layers=num_layers, dropout=dropout, input_dropout=input_dropout,
-                         layer_dropout=layer_dropout, embedding_dropout=embedding_dropout, weight_drop=weight_drop,
-                         init_scale=init_scale, variational=variational, tie_weights=tie_weights, fused=fused,
+                         layer_dropout=layer_dropout, variational=variational, embedding_dropout=embedding_dropout,
+                         weight_drop=weight_drop, tie_weights=tie_weights, init_scale=init_scale, fused=fused,
                          seed=seed, stateful=stateful)
-        self.vocabulary_size = vocabulary_size
-        self.embedding_size = embedding_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.dropout = dropout
-        self.input_dropout = input_dropout
-        self.layer_dropout = layer_dropout
-        self.variational = variational
-        self.embedding_dropout = embedding_dropout
-        self.weight_drop = weight_drop
-        self.tie_weights = tie_weights
-        self.init_scale = init_scale
-        self.fused = fused
-        self.seed = seed
-        self.softmax = softmax
-        self.cutoffs = list(cutoffs or [])
-        self.stateful = bool(stateful)
+        _check_arguments(**arguments)
+        for name, value in arguments.items():
+            setattr(self, name, value)
+        self.softmax, self.cutoffs, self.stateful = softmax, list(cutoffs or []), bool(stateful)
+        _check_softmax(softmax, self.cutoffs, cutoffs, vocabulary_size, tie_weights, embedding_size, hidden_size)
         self.state_variables = []  # stateful: [(h, c)] per layer, (batch_size, hidden_size) each
-        adaptive = softmax == "adaptive"
-        if softmax not in ("full", "adaptive"):
-            raise ValueError(f"LSTMLanguageModel: softmax must be 'full' or 'adaptive', got {softmax!r}")
-        integers = all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in self.cutoffs)
-        if adaptive and not (self.cutoffs and integers and self.cutoffs == sorted(set(self.cutoffs))
-                             and 0 < self.cutoffs[0] and self.cutoffs[-1] < vocabulary_size):
-            raise ValueError(f"LSTMLanguageModel: cutoffs must be increasing positive integers below the "
-                             f"vocabulary size {vocabulary_size}, got {cutoffs!r}")
-        if tie_weights and embedding_size != hidden_size:
-            raise ValueError("tie_weights needs embedding_size == hidden_size")
+        self._make_layers()
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _make_layers(self):
+        """The sublayers (built in build()): embedding, LSTMs, and the full or adaptive softmax layer."""
+        seed, init_scale, adaptive = self.seed, self.init_scale, self.softmax == "adaptive"
 
         def initializer(default):
-            if init_scale > 0:
-                return keras.initializers.RandomUniform(-init_scale, init_scale, seed=seed)
-            return default
+            return keras.initializers.RandomUniform(-init_scale, init_scale, seed=seed) if init_scale > 0 else default
 
-        if adaptive and tie_weights:
-            self.embedding = AdaptiveInput(vocabulary_size, embedding_size, self.cutoffs, init_scale=init_scale,
-                                           seed=seed, name="embedding")
+        if adaptive and self.tie_weights:
+            self.embedding = AdaptiveInput(self.vocabulary_size, self.embedding_size, self.cutoffs,
+                                           init_scale=init_scale, seed=seed, name="embedding")
         else:
             self.embedding = keras.layers.Embedding(
-                vocabulary_size, embedding_size, name="embedding",
+                self.vocabulary_size, self.embedding_size, name="embedding",
                 embeddings_initializer=initializer(keras.initializers.RandomUniform(-0.05, 0.05, seed=seed)))
-        self.lstm_layers = [LSTM(hidden_size, init_scale=init_scale, weight_drop=weight_drop, fused=fused,
-                                 seed=seed + 1 + i, name=f"lstm_{i + 1}") for i in range(num_layers)]
+        self.lstm_layers = [LSTM(self.hidden_size, init_scale=init_scale, weight_drop=self.weight_drop,
+                                 fused=self.fused, seed=seed + 1 + i, name=f"lstm_{i + 1}")
+                            for i in range(self.num_layers)]
         if adaptive:
-            self.adaptive_softmax = AdaptiveSoftmax(vocabulary_size, hidden_size, self.cutoffs, tied=tie_weights,
-                                                    init_scale=init_scale, seed=seed, name="adaptive_softmax")
-        elif not tie_weights:
+            self.adaptive_softmax = AdaptiveSoftmax(self.vocabulary_size, self.hidden_size, self.cutoffs,
+                                                    tied=self.tie_weights, init_scale=init_scale, seed=seed,
+                                                    name="adaptive_softmax")
+        elif not self.tie_weights:
             self.output_layer = keras.layers.Dense(
-                vocabulary_size, name="softmax",
+                self.vocabulary_size, name="softmax",
                 kernel_initializer=initializer(keras.initializers.GlorotUniform(seed=seed)),
                 bias_initializer=initializer("zeros"))
-        self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build(self, input_shape=None):
         self.embedding.build((None, None))
@@ -275,6 +258,19 @@ class LSTMLanguageModel(keras.Model):
             "layer_dropout", "variational", "embedding_dropout", "weight_drop", "tie_weights", "init_scale",
             "fused", "seed", "softmax", "cutoffs")}}
         return {**config, "stateful": True} if self.stateful else config  # stateless: the config of before
+
+
+def _check_softmax(softmax, cutoffs, given, vocabulary_size, tie_weights, embedding_size, hidden_size):
+    """The softmax kind and its cutoffs (`cutoffs` as a list, `given` as passed), and tying's size rule."""
+    if softmax not in ("full", "adaptive"):
+        raise ValueError(f"LSTMLanguageModel: softmax must be 'full' or 'adaptive', got {softmax!r}")
+    integers = all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in cutoffs)
+    if softmax == "adaptive" and not (cutoffs and integers and cutoffs == sorted(set(cutoffs))
+                                      and 0 < cutoffs[0] and cutoffs[-1] < vocabulary_size):
+        raise ValueError(f"LSTMLanguageModel: cutoffs must be increasing positive integers below the "
+                         f"vocabulary size {vocabulary_size}, got {given!r}")
+    if tie_weights and embedding_size != hidden_size:
+        raise ValueError("tie_weights needs embedding_size == hidden_size")
 
 
 def _check_arguments(**values):
