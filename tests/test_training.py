@@ -330,3 +330,27 @@ def test_divergence_bound_is_uniform_plus_a_margin():
     from lstmlm.training.epoch import DIVERGENCE_MARGIN, divergence_bound
 
     assert divergence_bound(26) == pytest.approx(math.log(26) + DIVERGENCE_MARGIN)
+
+
+def test_patience_stops_when_validation_has_not_improved(toy_corpus, tmp_path, monkeypatch):
+    """Early stopping (--patience N): training stops once N epochs have passed without a new best validation loss;
+    model.keras stays the best epoch's. Validation is scripted here so the test does not depend on training."""
+    from lstmlm.training import run as run_module
+
+    losses = iter([2.0, 1.5, 1.7, 1.6, 1.55, 1.4])  # best at epoch 2, then 3 epochs without improving
+    real_validate = run_module.TrainingRun.validate
+
+    def scripted(self, ids=None):
+        result = real_validate(self, ids)
+        if ids is None:  # the epoch's validation, not the budget's estimate on a slice
+            result["loss"] = next(losses)
+        return result
+
+    monkeypatch.setattr(run_module.TrainingRun, "validate", scripted)
+    lines = []
+    train(tiny_config(toy_corpus, epochs=6, patience=3), out=tmp_path / "patience", log=lines.append, progress=False)
+    history = rd.read_history(tmp_path / "patience" / rd.HISTORY)
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]
+    assert any("has not improved for --patience 3 epochs; the best model (epoch 2)" in line for line in lines)
+    with pytest.raises(LstmlmError, match="--patience must be >= 0"):
+        tiny_config(toy_corpus, patience=-1).validate()

@@ -112,6 +112,9 @@ class Config:
     max_nonfinite_steps: int = field(default=10, metadata=_help(
         "a step whose loss or gradient is nan/inf is skipped; this many in a row stop training"))
     tensorboard: bool = field(default=False, metadata=_help("also write TensorBoard logs to RUN_DIR/tensorboard"))
+    patience: int = field(default=0, metadata=_help(
+        "early stopping: stop when validation has not improved for this many epochs (0 = never); the best "
+        "model is kept"))
 
     def __post_init__(self):
         if isinstance(self.cutoffs, (list, tuple)):  # a JSON config's list -> the flag's text form
@@ -129,7 +132,7 @@ class Config:
             if getattr(self, name) <= 0:
                 raise LstmlmError(f"--{flag(name)} must be a positive integer, got {getattr(self, name)}")
         for name in ["max_vocabulary_size", "threads", "embedding_size", "skip_step", "learning_rate_decay_start",
-                     "warmup_steps", "keep_checkpoints"]:
+                     "warmup_steps", "keep_checkpoints", "patience"]:
             if getattr(self, name) < 0:
                 raise LstmlmError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         for name in ["dropout", "input_dropout", "layer_dropout", "embedding_dropout", "weight_drop"]:

@@ -93,6 +93,10 @@ def _epoch_loop(run, show_bar):
             epoch.combine(run.coordinator)
             run.end_epoch(epoch)
             epoch = None
+            if run.patience_spent():
+                run.log(f"stopping after epoch {number}: validation has not improved for --patience "
+                        f"{config.patience} epochs; the best model (epoch {run.best_epoch()}) is model.keras")
+                break
     except KeyboardInterrupt as interrupt:
         if bar is not None:
             bar.close()

@@ -290,6 +290,15 @@ class TrainingRun:
         else:
             self.log(f"{reason} in {where}: saved {path}; {self.resume_hint()}")
 
+    def best_epoch(self):
+        """The epoch of the lowest validation loss so far (model.keras), or None before the first."""
+        return min(self.history, key=lambda row: row["valid_loss"])["epoch"] if self.history else None
+
+    def patience_spent(self):
+        """Early stopping: True when the last --patience epochs did not improve on the best validation loss."""
+        patience = self.config.patience
+        return patience > 0 and self.history[-1]["epoch"] - self.best_epoch() >= patience
+
     def resume_hint(self):
         """What a stopped run prints last: the command that continues it."""
         return f"continue with: lstmlm train --resume {self.out}"
