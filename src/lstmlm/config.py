@@ -45,8 +45,16 @@ class Config:
     test: str | None = field(default=None, metadata=_help("test text file (optional)"))
     max_vocabulary_size: int = field(default=0, metadata=_help(
         "vocabulary size cap, <unk> included; 0 = every training word (PTB has 10,000 types, WikiText-2 33,278: "
-        "the published numbers use them all)"))
+        "the published numbers use them all); --tokenizer char caps characters the same way; byte and bpe, "
+        "which have no <unk>, ignore it"))
     lowercase: bool = field(default=False, metadata=_help("lower-case the corpus and prompts"))
+    tokenizer: str = field(default="word", metadata=_help(
+        "'word': whitespace words (vocab.txt); 'char': Unicode characters of the training split; 'byte': the 256 "
+        "UTF-8 bytes; 'bpe': byte-level BPE learned on the training split (Hugging Face tokenizers, "
+        "--vocabulary-size); every kind reads a newline as <eos> (data/tokenizers.py)",
+        choices=("word", "char", "byte", "bpe")))
+    vocabulary_size: int = field(default=0, metadata=_help(
+        "--tokenizer bpe: ids to learn, the 256 bytes and <eos> included (0 = 8,000)"))
     # ---- batching -------------------------------------------------------------------------------------
     batching: str = field(default="stream", metadata=_help(
         "'stream': batch_size parallel streams, hidden state carried across batches (truncated BPTT); "
@@ -146,6 +154,13 @@ class Config:
                 raise LstmlmError(f"--{flag(name)} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.learning_rate_decay <= 1.0:
             raise LstmlmError(f"--learning-rate-decay must be in (0, 1], got {self.learning_rate_decay}")
+        if self.vocabulary_size and self.tokenizer != "bpe":
+            raise LstmlmError(f"--vocabulary-size {self.vocabulary_size}: only --tokenizer bpe learns a vocabulary of "
+                              "a chosen size (word and char: --max-vocabulary-size)")
+        if self.tokenizer == "bpe" and self.vocabulary_size:
+            from lstmlm.data.tokenizers import check_bpe_size
+
+            check_bpe_size(self.vocabulary_size)
         if self.max_vocabulary_size == 1:
             raise LstmlmError("--max-vocabulary-size must be 0 (every word) or at least 2 (a word and <unk>)")
         for f in dataclasses.fields(self):

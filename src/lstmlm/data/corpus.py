@@ -8,6 +8,10 @@ The text is streamed, so memory grows with the number of distinct words, not wit
 The arrays are kept in the corpus cache (`lstmlm.data.corpus_cache`: where it lives, how it is invalidated, how to
 turn it off) and memory-mapped copy-on-write, so the next run on the same files starts without tokenising.
 
+Other tokenizers (`--tokenizer char|byte|bpe`, data/tokenizers.py) take the same streamed road: the tokenizer is
+learned from the training split (counted characters, or BPE trained on its lines; kept in the cache), then every
+split is encoded block by block with it; the ids' cache key holds the tokenizer's sha256.
+
 The bundled PTB (Mikolov's simple-examples, as the tutorial uses it) ships gzipped inside the package and is
 checked against its published sha256 every time it is read.
 """
@@ -20,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lstmlm.data.corpus_cache import ids_key, open_cache, vocabulary_key
+from lstmlm.data import tokenizers
+from lstmlm.data.corpus_cache import ids_key, open_cache, tokenizer_key, vocabulary_key
 from lstmlm.errors import LstmlmError
 from lstmlm.data.tokenizer import EOS, UNK, TextReader, TextSource, block_words, no_words_error
 from lstmlm.data.vocabulary import Vocabulary
@@ -42,6 +47,7 @@ class Corpus:
     splits: dict  # name -> np.ndarray of ids
     sources: dict  # name -> where the text came from
     cached: dict = field(default_factory=dict)  # name -> True when the ids came from the cache
+    tokenizer: object = None  # data/tokenizers.py: the run's tokenizer (its vocabulary is `vocabulary`)
 
     def __getitem__(self, name):
         return self.splits[name]
@@ -88,17 +94,23 @@ def load_corpus(config, cache=None):
     """
     sources, descriptions = split_sources(config)
     splits, cached = {}, {}
+    if config.tokenizer != "word":
+        with open_cache(cache) as store:
+            tokenizer = _learned_tokenizer(config, sources["train"], store)
+            for split, source in sources.items():
+                splits[split], _, cached[split] = _encoded(source, tokenizer, config.lowercase, store)
+        return Corpus(tokenizer.vocabulary, splits, descriptions, cached, tokenizer)
     with open_cache(cache) as store:
         vocabulary, splits["train"], cached["train"] = _train_split(
             sources["train"], config.lowercase, config.max_vocabulary_size or None, store)  # 0: every word
         for split in ("valid", "test"):
             if split in sources:
                 splits[split], _, cached[split] = _encoded(sources[split], vocabulary, config.lowercase, store)
-    return Corpus(vocabulary, splits, descriptions, cached)
+    return Corpus(vocabulary, splits, descriptions, cached, tokenizers.WordTokenizer(vocabulary, config.lowercase))
 
 
 def read_split(config, split, vocabulary, cache=None):
-    """One split of a run's corpus encoded with the run's vocabulary (evaluate --split, predict --split).
+    """One split of a run's corpus encoded with the run's vocabulary or tokenizer (evaluate --split, predict --split).
 
     Returns:
         (ids, number of words read as <unk>), or raises a one-line LstmlmError.
@@ -139,10 +151,65 @@ def text_ids(text, vocabulary=None, max_vocabulary_size=0, lowercase=False, cach
 
 
 def encode_file(path, vocabulary, lowercase=False):
-    """(ids, number of words read as <unk>) of any text file (evaluate --file); streamed, not cached."""
+    """(ids, number of words read as <unk>) of any text file (evaluate --file) under a vocabulary or tokenizer;
+    streamed, not cached."""
     with open_cache(False) as store:
         ids, num_unknown, _ = _encoded(TextSource(Path(path)), vocabulary, lowercase, store)
     return ids, num_unknown
+
+
+def split_statistics(config, split):
+    """(characters, whitespace words + newlines) of one split of a run's corpus: `text_statistics`."""
+    sources, _ = split_sources(config, only=[split])
+    return text_statistics(sources[split])
+
+
+def text_statistics(source):
+    """(characters, words) of a text, streamed: its characters with newlines (as written, before --lowercase),
+    and its whitespace-separated words with every newline counted as an `<eos>` word: the denominators of bits
+    per character and word perplexity, the same for every tokenizer.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+        >>> _ = path.write_text("the cat\\n\\nsat.\\n", encoding="utf-8")
+        >>> text_statistics(path)
+        (14, 6)
+    """
+    source = source if isinstance(source, TextSource) else TextSource(Path(source))
+    characters = words = 0
+    for block in TextReader(source):
+        characters += len(block)
+        words += len(block.split()) + block.count("\n")
+    return characters, words
+
+
+def _learned_tokenizer(config, source, store):
+    """The char, byte or bpe tokenizer of a training text: from the cache, or learned in one streamed pass."""
+    if config.tokenizer == "byte":
+        return tokenizers.ByteTokenizer(config.lowercase)
+    sha256 = source.sha256()
+    size = config.max_vocabulary_size if config.tokenizer == "char" else \
+        (config.vocabulary_size or tokenizers.DEFAULT_BPE_SIZE)
+    key = tokenizer_key(sha256, config.tokenizer, config.lowercase, size)
+    text = store.load_tokenizer_text(key)
+    if text is not None:
+        try:
+            return tokenizers.learned_from_text(config.tokenizer, text, config.lowercase, f"tokenizer-{key}")
+        except LstmlmError:
+            store._damaged(store.directory / f"tokenizer-{key}.txt", "it does not load")
+    if config.tokenizer == "char":
+        counts = {}
+        for block in TextReader(source, expected_sha256=sha256):
+            tokenizers.CharTokenizer.count(block, counts, config.lowercase)
+        if not set(counts) - {EOS} - set(" \t\r\x0b\x0c"):
+            raise no_words_error(source.label)
+        tokenizer = tokenizers.CharTokenizer.from_counts(counts, size or None, config.lowercase)
+    else:
+        lines = (line for block in TextReader(source, expected_sha256=sha256) for line in block.split("\n"))
+        tokenizer = tokenizers.BpeTokenizer.train(lines, size, config.lowercase)
+    store.save_tokenizer_text(key, tokenizer.to_text())
+    return tokenizer
 
 
 def _train_split(source, lowercase, max_size, store):
@@ -191,7 +258,10 @@ def _add_counts(counts, pending, num_types):
 
 
 def _encoded(source, vocabulary, lowercase, store, sha256=None):
-    """(ids, number of words read as <unk>, from the cache?) of one text under a vocabulary."""
+    """(ids, number of words read as <unk>, from the cache?) of one text under a vocabulary (or a tokenizer)."""
+    if getattr(vocabulary, "kind", "word") != "word":
+        return _encoded_tokens(source, vocabulary, store, sha256)
+    vocabulary = getattr(vocabulary, "vocabulary", vocabulary)  # a WordTokenizer: its vocabulary
     sha256 = sha256 or source.sha256()
     key = ids_key(sha256, vocabulary, lowercase)
     hit = store.load_ids(key)
@@ -212,6 +282,28 @@ def _encoded(source, vocabulary, lowercase, store, sha256=None):
             raise no_words_error(source.label)
         ids = store.save_ids(key, ids_file, num_unknown, source=source.label, text_sha256=sha256,
                              vocabulary_sha256=vocabulary.sha256(), lowercase=bool(lowercase))
+    return ids, num_unknown, False
+
+
+def _encoded_tokens(source, tokenizer, store, sha256=None):
+    """`_encoded` for a char, byte or bpe tokenizer: (ids, number of tokens read as <unk>, from the cache?)."""
+    sha256 = sha256 or source.sha256()
+    key = ids_key(sha256, tokenizer.vocabulary, tokenizer.lowercase, tokenizer.sha256())
+    hit = store.load_ids(key)
+    if hit is not None:
+        return (*hit, True)
+    num_unknown, has_text = 0, False
+    with _writing(store) as ids_file:
+        for block in TextReader(source, expected_sha256=sha256):
+            ids, unknown = tokenizer.encode_counting(block)
+            ids_file.append(ids)
+            num_unknown += unknown
+            has_text = has_text or bool(block.strip())
+        if not has_text:
+            raise no_words_error(source.label)
+        ids = store.save_ids(key, ids_file, num_unknown, source=source.label, text_sha256=sha256,
+                             tokenizer=tokenizer.kind, tokenizer_sha256=tokenizer.sha256(),
+                             lowercase=bool(tokenizer.lowercase))
     return ids, num_unknown, False
 
 

@@ -9,8 +9,11 @@ What is in it, and how an entry is invalidated (an entry's name is the sha256 of
 simply names another entry):
 - `vocabulary-KEY.txt` (vocab.txt format) and `.json`: the vocabulary counted from a training text. Key: the
   text's sha256, `lowercase`, the maximum size (0 = every word) and the cache format.
+- `tokenizer-KEY.txt` and `.json`: a char or bpe tokenizer learned from a training text (its run-directory file).
+  Key: the text's sha256, the kind, `lowercase`, the size asked for and the cache format.
 - `ids-KEY.npy` (int32, memory-mapped copy-on-write when used) and `.json`: one text encoded with one vocabulary.
-  Key: the text's sha256, the vocabulary's sha256 (its words in id order), `lowercase` and the cache format.
+  Key: the text's sha256, the vocabulary's sha256 (its words in id order), `lowercase` and the cache format; for
+  the char, byte and bpe tokenizers also the tokenizer's sha256 (data/tokenizers.py: its kind and file).
   The `.json` holds the length, the CRC-32 of the ids and the count of words read as `<unk>`.
 Every text file is hashed on every load (the bundled PTB is keyed by its published sha256 and checked whenever
 it is read). An entry whose file is missing, truncated, of another dtype or shape, or whose CRC-32 or recorded
@@ -62,9 +65,16 @@ def vocabulary_key(train_sha256, lowercase, max_size):
                 max_vocabulary_size=int(max_size or 0))
 
 
-def ids_key(text_sha256, vocabulary, lowercase):
+def ids_key(text_sha256, vocabulary, lowercase, tokenizer_sha256=None):
+    """The key of a text's ids; `tokenizer_sha256`: a char/byte/bpe tokenizer's (None: words, the key as before)."""
+    extra = {} if tokenizer_sha256 is None else {"tokenizer_sha256": tokenizer_sha256}
     return _key(kind="ids", text_sha256=text_sha256, vocabulary_sha256=vocabulary.sha256(),
-                lowercase=bool(lowercase))
+                lowercase=bool(lowercase), **extra)
+
+
+def tokenizer_key(train_sha256, kind, lowercase, size):
+    return _key(kind="tokenizer", tokenizer=kind, train_sha256=train_sha256, lowercase=bool(lowercase),
+                size=int(size or 0))
 
 
 class CorpusCache:
@@ -110,6 +120,30 @@ class CorpusCache:
         self._write(path, data)
         self._write_info(path.with_suffix(".json"), {"key": key, "words": len(vocabulary),
                                                      "sha256": hashlib.sha256(data).hexdigest()})
+
+    # ---- learned tokenizers -----------------------------------------------------------------------------
+    def load_tokenizer_text(self, key):
+        """The text of the tokenizer file cached for `key`, or None (missing or damaged)."""
+        if not self.persistent:
+            return None
+        path = self.directory / f"tokenizer-{key}.txt"
+        info = self._info(path.with_suffix(".json"), key)
+        if info is None:
+            return None
+        try:
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != info["sha256"]:
+                raise LstmlmError("its sha256 differs from the recorded one")
+            return data.decode("utf-8")
+        except (OSError, ValueError, LstmlmError, KeyError) as error:
+            return self._damaged(path, error)
+
+    def save_tokenizer_text(self, key, text):
+        if not self.persistent:
+            return
+        path, data = self.directory / f"tokenizer-{key}.txt", text.encode("utf-8")
+        self._write(path, data)
+        self._write_info(path.with_suffix(".json"), {"key": key, "sha256": hashlib.sha256(data).hexdigest()})
 
     # ---- id arrays --------------------------------------------------------------------------------------
     def load_ids(self, key):

@@ -83,7 +83,8 @@ class Vocabulary:
 
     @property
     def unk_id(self):
-        return self.index[UNK]
+        """The id of `<unk>`; None for a vocabulary without one (the byte and BPE tokenizers', tokenizers.py)."""
+        return self.index.get(UNK)
 
     def encode(self, words):
         unk = self.unk_id
