@@ -121,6 +121,7 @@ def run_train(args):
     if args.processes is not None and not args.print_config and _launch(args):
         return distributed.launch(args.processes, args.argv, log=lambda line: print(line, file=sys.stderr))
     if args.resume:
+        _check_resume_tokenizer(args)
         config = None
         if args.epochs is not None:
             from lstmlm.config import Config
@@ -136,6 +137,23 @@ def run_train(args):
     if not args.no_report and distributed.is_main():
         report(out)
     return 0
+
+
+def _check_resume_tokenizer(args):
+    """--resume continues a run with its own tokenizer: asking for another one is an error, not ignored."""
+    from lstmlm import run_directory as rd
+    from lstmlm.config import flag
+
+    if args.tokenizer is None and args.vocabulary_size is None:
+        return
+    out = rd.check_run_directory(args.resume, need_model=False)
+    _, saved = rd.read_config(out)
+    for name in ("tokenizer", "vocabulary_size"):
+        asked = getattr(args, name)
+        if asked is not None and asked != getattr(saved, name):
+            raise LstmlmError(f"--{flag(name)} {asked}: --resume {out} is a {saved.tokenizer} run"
+                              + (f" of --vocabulary-size {saved.vocabulary_size}" if saved.tokenizer == "bpe" else "")
+                              + "; a run keeps the tokenizer it started with (start a new run with --out)")
 
 
 def _launch(args):
@@ -181,13 +199,15 @@ def report(run_dir):
 def format_evaluation(result):
     return (f"{result['split']}: loss {result['loss']:.4f} nats | perplexity {result['perplexity']:.2f} | "
             f"accuracy {result['accuracy']:.4f} | top-5 accuracy {result['top5_accuracy']:.4f} | "
-            f"{result['tokens']:,} tokens")
+            f"{result['tokens']:,} tokens"
+            + (f" | {result['bits_per_character']:.4f} bits/char | word perplexity {result['word_perplexity']:.2f}"
+               if "bits_per_character" in result else ""))
 
 
 def _print_actual_vs_predicted(model, split, skip, count, as_json=False):
     from lstmlm.data.corpus import read_split
 
-    ids, _ = read_split(model.config, split, model.vocabulary)
+    ids, _ = read_split(model.config, split, model.tokenizer)
     result = model.actual_vs_predicted(ids, skip, count)
     if as_json:
         print(json.dumps({"split": split, "skip": skip, **result}))
@@ -262,6 +282,9 @@ def add_predict(subparsers):
     parser.add_argument("run_dir")
     parser.add_argument("--text", help="the words so far")
     parser.add_argument("--top-k", type=int, default=5, help="how many words to list")
+    parser.add_argument("--whole-words", action="store_true", help=(
+        "a char, byte or bpe model: list the most likely next whole words, each completed token by token up to "
+        "the next token that begins with whitespace (a beam search: LanguageModel.next_whole_words)"))
     parser.add_argument("--split", choices=["train", "valid", "test"], help="tutorial report on this split")
     parser.add_argument("--skip", type=int, default=40, help="tutorial report: first window start")
     parser.add_argument("--count", type=int, default=10, help="tutorial report: number of words")
@@ -282,13 +305,14 @@ def run_predict(args):
     if args.split:
         _print_actual_vs_predicted(model, args.split, args.skip, args.count, args.json)
         return 0
-    result = model.predict_next(args.text, args.top_k)
+    result = model.predict_next(args.text, args.top_k, whole_words=args.whole_words)
     _warn_unknown(result["unknown_words"])
     if args.json:
         print(json.dumps(result))
     else:
-        for entry in result["predictions"]:
-            print(f"{entry['probability']:.4f}  {entry['word']}")
+        for entry in result["predictions"]:  # repr() shows a token's spaces: ' the', 'a'
+            word = entry["word"] if model.tokenizer.kind == "word" or args.whole_words else repr(entry["word"])
+            print(f"{entry['probability']:.4f}  {word}")
     return 0
 
 
@@ -317,10 +341,13 @@ def run_generate(args):
 
     if args.seed is not None and args.seed < 0:  # numpy's default_rng refuses it with a ValueError
         raise LstmlmError(f"--seed must be >= 0, got {args.seed}")
-    result = load(args.run_dir, args.precision).generate(args.prompt, args.num_words, args.temperature,
-                                                         args.top_k, args.top_p, args.seed, args.num_samples)
+    model = load(args.run_dir, args.precision)
+    result = model.generate(args.prompt, args.num_words, args.temperature, args.top_k, args.top_p, args.seed,
+                            args.num_samples)
     _warn_unknown(result["unknown_words"])
     prompt = " ".join(result["prompt_words"]) + " " if result["prompt_words"] else ""
+    if model.tokenizer.kind != "word":  # the text goes on right after the prompt as written
+        prompt = args.prompt
     if args.json:
         print(json.dumps(result))
     elif args.num_samples is None:
@@ -362,7 +389,9 @@ def run_score(args):
     for entry in result["word_scores"]:
         print(f"{entry['log_probability']:9.4f}  {entry['word']}")
     print(f"total log-probability {result['total_log_probability']:.4f} nats | {result['tokens']} tokens | "
-          f"perplexity {result['perplexity']:.2f}")
+          f"perplexity {result['perplexity']:.2f}"
+          + (f" | {result['words']} words | word perplexity {result['word_perplexity']:.2f}"
+             if "words" in result else ""))
     return 0
 
 

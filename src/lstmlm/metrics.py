@@ -24,3 +24,22 @@ def perplexity(loss):
         return math.exp(loss)
     except OverflowError:
         return math.inf
+
+
+def comparable(result, characters, words, tokenizer="word"):
+    """The numbers that compare across tokenizers, from an evaluation's per-token `loss` (nats) and `tokens`.
+
+    bits_per_character = total nats / ln 2 / characters of the text (newlines counted); word_perplexity =
+    exp(total nats / whitespace-separated words, each newline counted as an `<eos>` word). A word model's tokens
+    are exactly those words, so its word_perplexity is its perplexity.
+
+    Example:
+        >>> values = comparable({"loss": math.log(2), "tokens": 10, "perplexity": 2.0}, characters=20, words=5)
+        >>> values["bits_per_character"], values["word_perplexity"]
+        (0.5, 2.0)
+        >>> comparable({"loss": math.log(2), "tokens": 10, "perplexity": 2.0}, 20, 5, "char")["word_perplexity"]
+        4.0
+    """
+    total = result["loss"] * result["tokens"]
+    word_perplexity = result["perplexity"] if tokenizer == "word" else perplexity(total / max(words, 1))
+    return {"bits_per_character": total / math.log(2) / max(characters, 1), "word_perplexity": word_perplexity}

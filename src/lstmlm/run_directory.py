@@ -3,7 +3,11 @@ This is the one description of its layout (the README and training/checkpoints.p
 
     RUN_DIR/
       config.json                    the Config, the command line, versions, device, precision
-      vocab.txt                      word<TAB>count in id order
+      vocab.txt                      word<TAB>count in id order (the word tokenizer's file)
+      characters.json | bytes.json | tokenizer.json
+                                     instead of vocab.txt, the char / byte / bpe tokenizer (config.json's
+                                     `tokenizer`; absent = word): data/tokenizers.py describes each file;
+                                     tokenizer.json is Hugging Face tokenizers' own format
       model.keras                    the best-validation model (keras.saving.load_model after `import lstmlm`)
       history.csv                    one row per finished epoch (training/epoch.py: HISTORY_FIELDS)
       state.json                     where training stands (for --resume): names the checkpoint, optimizer
@@ -41,6 +45,7 @@ import numpy as np
 from lstmlm.config import Config
 from lstmlm.errors import LstmlmError
 from lstmlm.files import atomic_path, atomic_write_text
+from lstmlm.data.tokenizers import load_tokenizer, tokenizer_file
 from lstmlm.data.vocabulary import Vocabulary
 
 CONFIG = "config.json"
@@ -248,6 +253,7 @@ class RunDirectory:
     model: object
     history: list
     info: dict  # the rest of config.json (command, versions, precision)
+    tokenizer: object = None  # data/tokenizers.py; None: a word run's, made from `vocabulary` where needed
 
 
 def check_run_directory(path, need_model=True):
@@ -256,12 +262,21 @@ def check_run_directory(path, need_model=True):
         raise LstmlmError(f"{path}: no such run directory")
     if not path.is_dir():
         raise LstmlmError(f"{path}: not a directory")
-    needed = [CONFIG, VOCABULARY] + ([MODEL] if need_model else [])
+    needed = [CONFIG, _tokenizer_file(path)] + ([MODEL] if need_model else [])
     missing = [name for name in needed if not (path / name).is_file()]
     if missing:
         raise LstmlmError(f"{path}: incomplete run directory, missing {', '.join(missing)}"
                           + (" (has training finished an epoch?)" if MODEL in missing else ""))
     return path
+
+
+def _tokenizer_file(path):
+    """The tokenizer file config.json names (vocab.txt if it names none, or cannot be read: read_config says why)."""
+    try:
+        kind = json.loads((path / CONFIG).read_text(encoding="utf-8"))["config"].get("tokenizer", "word")
+        return tokenizer_file(kind)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return VOCABULARY
 
 
 def check_format_version(info, source):
@@ -329,14 +344,16 @@ def load_run(path, model_file=MODEL):
     """
     path = check_run_directory(path)
     info, config = read_config(path)
-    vocabulary = Vocabulary.load(path / VOCABULARY)
+    tokenizer = load_tokenizer(path, config)
+    vocabulary = tokenizer.vocabulary
     model_path = path / model_file
     if not model_path.is_file():
         raise LstmlmError(f"{model_path}: no such model file")
     model = load_keras_model(model_path)
     if model.vocabulary_size != len(vocabulary):
-        raise LstmlmError(f"{path}: model has {model.vocabulary_size} words but vocab.txt has {len(vocabulary)}")
-    return RunDirectory(path, config, vocabulary, model, read_history(path / HISTORY), info)
+        raise LstmlmError(f"{path}: model has {model.vocabulary_size} words but "
+                          f"{tokenizer_file(config.tokenizer)} has {len(vocabulary)}")
+    return RunDirectory(path, config, vocabulary, model, read_history(path / HISTORY), info, tokenizer)
 
 
 # ---- state.json: where an interrupted or finished training run stands, for --resume ---------------------
@@ -403,11 +420,11 @@ def read_state(run_dir):
     if values["batch"] > 0 and config.batching == "stream" and values["states"] is None:
         raise LstmlmError(f"{path}: batch {values['batch']} of an epoch is done but 'states' is null "
                           "(stream batching carries the LSTM states)")
-    vocabulary = Vocabulary.load(run_dir / VOCABULARY)
+    vocabulary = load_tokenizer(run_dir, config).vocabulary
     model = load_keras_model(_named_file(run_dir, values, "checkpoint", "the checkpoint"))
     if model.vocabulary_size != len(vocabulary):
         raise LstmlmError(f"{run_dir / values['checkpoint']}: model has {model.vocabulary_size} words but "
-                          f"vocab.txt has {len(vocabulary)}")
+                          f"{tokenizer_file(config.tokenizer)} has {len(vocabulary)}")
     optimizer = load_arrays(_named_file(run_dir, values, "optimizer", "the optimizer state"))
     bad = [name for name in optimizer if not re.fullmatch(r"\d+\..+", name)]
     if bad:

@@ -45,7 +45,7 @@ def inspect_text(language_model, text, layer=None, units=32):
         >>> [p["word"] for p in result["positions"]], len(result["positions"][1]["forget_gate"])  # doctest: +SKIP
         (['<eos>', 'the', 'stock', 'market'], 4)
     """
-    model, vocabulary = language_model.model, language_model.vocabulary
+    model = language_model.model
     num_layers = len(model.lstm_layers)
     layer = num_layers if layer is None else layer
     if not 1 <= layer <= num_layers:
@@ -62,7 +62,7 @@ def inspect_text(language_model, text, layer=None, units=32):
     top = np.argmax(torch_backend.to_numpy(logits[0]), axis=-1)  # (time,)
     positions = []
     for t, word_id in enumerate(ids):
-        position = {"word": vocabulary.words[word_id], "top_prediction": vocabulary.words[int(top[t])]}
+        position = {"word": language_model.token_text(word_id), "top_prediction": language_model.token_text(top[t])}
         for name in TRACE_NAMES:
             position[name] = [round(float(v), 6) for v in trace[name][t, :shown]]
         positions.append(position)

@@ -26,6 +26,11 @@ FIGURES = {
                       ("valid_top5_accuracy", "valid top-5")], False),
     "learning_rate.png": ("Learning rate per epoch", "learning rate", [("learning_rate", "learning rate")], False),
     "throughput.png": ("Training speed per epoch", "tokens per second", [("tokens_per_second", "train")], False),
+    # the two numbers that compare across tokenizers (metrics.comparable); empty for a run from before them
+    "bits_per_character.png": ("Validation bits per character", "bits per character",
+                               [("valid_bits_per_character", "valid")], False),
+    "word_perplexity.png": ("Validation word perplexity", "perplexity per whitespace word (log scale)",
+                            [("valid_word_perplexity", "valid")], True),
 }
 
 

@@ -7,6 +7,11 @@ boundary), so every one of its tokens is predicted and counted: PTB test = 82,43
 With `evaluation_batch_size` > 1 the text is cut into that many parallel streams (faster); each stream but the
 first then starts from a zero state, which changes the result slightly. The tokens left over by the cut are
 scored too, continuing the last stream's state, so the token count is the same.
+
+Loss and perplexity are per token, so they compare only between runs of one tokenizer. `evaluate` adds the
+numbers that compare across tokenizers (metrics.comparable): bits per character (total nats / ln 2 / characters
+of the text, newlines counted) and word perplexity (exp of total nats / whitespace words, newlines counted as
+`<eos>` words; for the word tokenizer, its perplexity).
 """
 
 import time
@@ -119,17 +124,22 @@ def evaluate(run, split="test", file=None, evaluation_batch_size=1, chunk_length
         step_model: the step model to run (a LanguageModel passes its own); its precision overrides
             `precision` (in bfloat16 the Keras model runs instead, see below).
     Returns:
-        {"split" (the split or the file's path), "tokens", "loss" (nats), "perplexity", "accuracy",
-        "top5_accuracy", "seconds", "num_unknown_words" (the text's words, with repeats, read as <unk>)}.
+        {"split" (the split or the file's path), "tokens", "loss" (nats per token), "perplexity" (per token),
+        "accuracy", "top5_accuracy", "seconds", "num_unknown_words" (the text's tokens, with repeats, read as
+        <unk>), "bits_per_character", "word_perplexity", "characters", "words"}.
     """
-    from lstmlm.data.corpus import encode_file, read_split
+    from lstmlm.data.corpus import encode_file, read_split, split_statistics, text_statistics
+    from lstmlm.metrics import comparable
     from lstmlm.precision import inference_precision
     from lstmlm.inference.step_model import make_step_model
 
+    coder = getattr(run, "tokenizer", None) or run.vocabulary  # a RunDirectory made by hand may have no tokenizer
     if file is not None:
-        (ids, num_unknown), name = encode_file(file, run.vocabulary, run.config.lowercase), str(file)
+        (ids, num_unknown), name = encode_file(file, coder, run.config.lowercase), str(file)
+        characters, words = text_statistics(file)
     else:
-        (ids, num_unknown), name = read_split(run.config, split, run.vocabulary), split
+        (ids, num_unknown), name = read_split(run.config, split, coder), split
+        characters, words = split_statistics(run.config, split)
     chosen = step_model.precision if step_model is not None else inference_precision(precision, run.config.precision)
     if chosen == "bfloat16" and torch_backend.is_torch():
         # A whole text in bfloat16: the Keras model under autocast (training's validation path: torch's fused LSTM
@@ -140,4 +150,5 @@ def evaluate(run, split="test", file=None, evaluation_batch_size=1, chunk_length
     else:
         model, autocast = (step_model if step_model is not None else make_step_model(run.model, chosen)), "float32"
     result = evaluate_ids(model, ids, run.vocabulary, evaluation_batch_size, chunk_length, precision=autocast)
-    return {"split": name, **result, "num_unknown_words": num_unknown}
+    return {"split": name, **result, "num_unknown_words": num_unknown,
+            **comparable(result, characters, words, run.config.tokenizer), "characters": characters, "words": words}

@@ -2,8 +2,10 @@
 
     DIR/model.onnx    one step: ids (batch, 1) int64, h and c (num_layers, batch, hidden) float32
                       -> logits (batch, vocabulary) float32, h_out, c_out (the state after the word)
-    DIR/vocab.txt     the run's vocabulary: word<TAB>count, line n = id n
-    DIR/export.json   names, shapes, the ids of <eos> and <unk>, and how prompts are read
+    DIR/vocab.txt     a word run's vocabulary: word<TAB>count, line n = id n
+                      (a char, byte or bpe run ships its tokenizer file instead, as in its run directory:
+                      characters.json, bytes.json, or tokenizer.json, which Hugging Face `tokenizers` reads alone)
+    DIR/export.json   names, shapes, the tokenizer and its file, the ids of <eos> and <unk>, and how prompts are read
 
 To score or continue a text outside Python: start from zero h and c, feed `<eos>` and then each word's id one
 step at a time, carrying h_out/c_out into the next step; the logits after the last word are the next word's
@@ -21,6 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from lstmlm.data.tokenizers import tokenizer_file
 from lstmlm.errors import LstmlmError
 from lstmlm.files import atomic_path, atomic_write_text
 from lstmlm.model.cell import lstm_cell
@@ -99,18 +102,20 @@ def export_onnx(language_model, out):
                               dynamic_shapes={"ids": {0: batch}, "h": {1: batch}, "c": {1: batch}})
     finally:
         onnx_logger.setLevel(level)
-    vocabulary = language_model.vocabulary
-    with atomic_path(out / "vocab.txt", "vocabulary") as temporary:
-        shutil.copyfile(language_model.run_directory.path / "vocab.txt", temporary)
-    info = {"format": "onnx", "opset": OPSET, "model": "model.onnx", "vocabulary": "vocab.txt",
+    vocabulary, kind = language_model.vocabulary, language_model.tokenizer.kind
+    name = tokenizer_file(kind)
+    with atomic_path(out / name, "tokenizer") as temporary:
+        shutil.copyfile(language_model.run_directory.path / name, temporary)
+    info = {"format": "onnx", "opset": OPSET, "model": "model.onnx", "vocabulary": name, "tokenizer": kind,
+            "newline": "<eos>: every line is encoded on its own and each newline is the eos_id",
             "inputs": {"ids": ["batch", 1], "h": [L, "batch", H], "c": [L, "batch", H]},
             "outputs": {"logits": ["batch", step.vocabulary_size], "h_out": [L, "batch", H],
                         "c_out": [L, "batch", H]},
             "vocabulary_size": step.vocabulary_size, "num_layers": L, "hidden_size": H,
             "eos_id": language_model.eos_id, "unk_id": vocabulary.unk_id,
             "lowercase": language_model.config.lowercase,
-            "usage": "start from zero h and c; feed <eos>, then each word id, one step at a time, carrying "
-                     "h_out/c_out; the logits after the last word score the next word",
+            "usage": "start from zero h and c; feed <eos>, then each token id, one step at a time, carrying "
+                     "h_out/c_out; the logits after the last token score the next token",
             "source_run": language_model.run_directory.path.resolve().name}
     atomic_write_text(out / "export.json", json.dumps(info, indent=2) + "\n", "export description")
     return out
@@ -130,6 +135,7 @@ def add_parser(subparsers):
 def run_export(args):
     from lstmlm.inference.language_model import load
 
-    out = export_onnx(load(args.run_dir, precision="float32"), args.out)
-    print(f"lstmlm: wrote {out}/model.onnx, vocab.txt, export.json", file=sys.stderr)
+    model = load(args.run_dir, precision="float32")
+    out = export_onnx(model, args.out)
+    print(f"lstmlm: wrote {out}/model.onnx, {tokenizer_file(model.tokenizer.kind)}, export.json", file=sys.stderr)
     return 0

@@ -1,9 +1,15 @@
 """The trained model as users call it: next-word prediction, generation, scoring and evaluation.
 
-`load(run_dir, precision=None)` reads only the run directory. A prompt is split into words like the corpus
-(whitespace), each word is looked up as written, then lower-cased, then without surrounding punctuation; what is
-still not found becomes `<unk>` and is reported. Every prompt is preceded by `<eos>`: the model starts it as a
-sentence.
+`load(run_dir, precision=None)` reads only the run directory. A word model's prompt is split into words like the
+corpus (whitespace), each word is looked up as written, then lower-cased, then without surrounding punctuation;
+what is still not found becomes `<unk>` and is reported. A char, byte or bpe model's prompt is encoded by its
+tokenizer exactly as its corpus was (data/tokenizers.py); characters a char model never saw are `<unk>`, reported
+as unknown (the documented fallback: the prompt still runs). Every prompt is preceded by `<eos>`: the model
+starts it as a sentence.
+
+The model's tokens are words or pieces of text. Results name a token by its text (`<eos>` for a newline):
+`predict_next` lists the next tokens, and with `whole_words=True` the next whole words (`next_whole_words`);
+`score` sums each whitespace word's tokens; `generate`'s text is the tokenizer's decoding of the ids.
 
 The network runs as a step model (step_model.py) in the precision chosen by the one rule in precision.py
 (`precision=` wins, else the precision saved in the run). Prompts go through a prefix-state cache
@@ -26,6 +32,7 @@ from lstmlm.run_directory import MODEL, epoch_model_file, load_run
 from lstmlm.inference.samplers import make_sampler, sample_rows, softmax
 from lstmlm.inference.step_model import make_step_model
 from lstmlm.data.tokenizer import EOS, UNK, split_words
+from lstmlm.data.tokenizers import WordTokenizer
 
 DEFAULT_NUM_WORDS = 30  # words `generate` adds when not told: the CLI, the API, the server and the web page
 DEFAULT_PREFIX_CACHE_BYTES = 64 * 2**20  # ~8,000 prompt states of a 2x500 model (8 KB each)
@@ -51,6 +58,11 @@ class LanguageModel:
         self.vocabulary = run_directory.vocabulary
         self.config = run_directory.config
         self.eos_id = self.vocabulary.index.get(EOS)
+        self.tokenizer = getattr(run_directory, "tokenizer", None) or WordTokenizer(self.vocabulary,
+                                                                                    self.config.lowercase)
+        texts = [self.token_text(i) for i in range(len(self.vocabulary))]
+        # tokens that begin a new whitespace word (or end a line): where `next_whole_words` and `score` cut words
+        self._starts_word = np.array([text[:1].isspace() or i == self.eos_id for i, text in enumerate(texts)])
         self.precision = inference_precision(precision, run_directory.config.precision)
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None
         # The weights are converted to the precision and layout of the step model once and kept (a user who
@@ -71,8 +83,28 @@ class LanguageModel:
                 return index[candidate], candidate
         return None, word
 
+    def token_text(self, token_id):
+        """The text of one token as results show it: a word, a piece of text, or `<eos>` for a newline."""
+        return self.tokenizer.token_text(int(token_id))
+
+    def token_piece(self, word, previous=None):
+        """The text a generated token adds to the text before it (see `word_piece`): a word model's word with its
+        space, another model's token text as it is (`<eos>`: a newline)."""
+        if self.tokenizer.kind == "word":
+            return word_piece(word, previous)
+        return "\n" if word == EOS else word
+
+    def text_of(self, ids):
+        """Generated ids as text: words joined by spaces, or the tokenizer's decoding."""
+        if self.tokenizer.kind == "word":
+            return join_words([self.vocabulary.words[int(i)] for i in ids])
+        return self.tokenizer.decode([int(i) for i in ids])
+
     def encode_prompt(self, text):
-        """(ids including the leading <eos>, the prompt's words as looked up, unknown words)."""
+        """(ids including the leading <eos>, the prompt's words (tokens) as looked up, unknown words)."""
+        if self.tokenizer.kind != "word":
+            ids = [self.eos_id] + self.tokenizer.encode(text).tolist()
+            return ids, [self.token_text(i) for i in ids[1:]], self.tokenizer.unknown(text)
         ids = [] if self.eos_id is None else [self.eos_id]
         words, unknown = [], []
         for word in split_words(text, self.config.lowercase):
@@ -106,14 +138,20 @@ class LanguageModel:
         top_k = min(top_k, len(probabilities))
         top = np.argpartition(-probabilities, top_k - 1)[:top_k]  # the k largest, then sorted
         top = top[np.argsort(-probabilities[top], kind="stable")]
-        return [{"word": self.vocabulary.words[i], "probability": float(probabilities[i])} for i in top]
+        return [{"word": self.token_text(i), "probability": float(probabilities[i])} for i in top]
 
     # ---- the public verbs -----------------------------------------------------------------------------
-    def predict_next(self, text, top_k=5):
-        """The top_k most likely next words with probabilities, most likely first.
+    def predict_next(self, text, top_k=5, whole_words=False):
+        """The top_k most likely next words (tokens) with probabilities, most likely first.
+
+        Args:
+            whole_words: a char, byte or bpe model lists the next whole words instead of tokens
+                (`next_whole_words`); a word model's tokens are words already.
 
         Returns {"predictions": [{"word", "probability"}], "unknown_words": [the prompt's words read as <unk>]}.
         """
+        if whole_words and self.tokenizer.kind != "word":
+            return self.next_whole_words(text, top_k)
         if top_k <= 0:
             raise LstmlmError(f"top_k must be positive, got {top_k}", argument="top_k")
         ids, _, unknown = self.encode_prompt(text)
@@ -177,24 +215,26 @@ class LanguageModel:
         ids, prompt_words, unknown = self.encode_prompt(prompt)
         if num_samples is None:
             out = self._generate_rows(ids, num_words, sampler, [np.random.default_rng(seed)], deadline)[0]
-            return {"prompt_words": prompt_words, "words": out, "text": join_words(out), "unknown_words": unknown,
+            return {"prompt_words": prompt_words, "words": [self.token_text(i) for i in out],
+                    "text": self.text_of(out), "unknown_words": unknown,
                     "finish_reason": "num_words" if len(out) == num_words else "time_limit"}
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         seeds = [seed + i for i in range(num_samples)]
         rows = self._generate_rows(ids, num_words, sampler, [np.random.default_rng(s) for s in seeds], deadline)
         return {"prompt_words": prompt_words,
-                "samples": [{"seed": s, "words": w, "text": join_words(w)} for s, w in zip(seeds, rows)],
+                "samples": [{"seed": s, "words": [self.token_text(i) for i in w], "text": self.text_of(w)}
+                            for s, w in zip(seeds, rows)],
                 "unknown_words": unknown,
                 "finish_reason": "num_words" if len(rows[0]) == num_words else "time_limit"}
 
     def _generate_rows(self, ids, num_words, sampler, rngs, deadline=None):
-        """One continuation of `ids` per Generator, all rows stepped together; lists of words (shorter than
+        """One continuation of `ids` per Generator, all rows stepped together; lists of ids (shorter than
         num_words if `deadline` passed)."""
         out = [[] for _ in rngs]
         for generated in self._steps(ids, num_words, sampler, rngs, deadline):
-            for row, word in zip(out, generated.words):
-                row.append(word)
+            for row, token in zip(out, generated.ids):
+                row.append(token)
         return out
 
     def _steps(self, ids, num_words, sampler, rngs, deadline=None, logprobs=None):
@@ -209,7 +249,7 @@ class LanguageModel:
             if deadline is not None and time.monotonic() >= deadline:
                 return
             chosen = sample_rows(sampler, logits, rngs)
-            yield GeneratedStep([int(i) for i in chosen], [self.vocabulary.words[i] for i in chosen],
+            yield GeneratedStep([int(i) for i in chosen], [self.token_text(i) for i in chosen],
                                 None if logprobs is None else [self._log_probabilities(row, i, logprobs)
                                                                for row, i in zip(logits, chosen)])
             if position + 1 < num_words:
@@ -254,7 +294,7 @@ class LanguageModel:
             return float(log_p[chosen]), []
         best = np.argpartition(-log_p, min(top, len(log_p)) - 1)[:top]
         best = best[np.argsort(-log_p[best], kind="stable")]
-        return float(log_p[chosen]), [(self.vocabulary.words[i], float(log_p[i])) for i in best]
+        return float(log_p[chosen]), [(self.token_text(i), float(log_p[i])) for i in best]
 
     def prompt_log_probabilities(self, ids, top=0):
         """For each of `ids` after the first (a prompt from `encode_prompt`, with its leading <eos>): (log p
@@ -267,8 +307,13 @@ class LanguageModel:
     def score(self, text):
         """Log-probability (nats) of every word of `text` given the words before it (and a leading <eos>).
 
-        Returns {"word_scores": [{"word", "log_probability"}], "total_log_probability", "tokens", "perplexity",
-        "unknown_words"}.
+        A char, byte or bpe model scores tokens; each whitespace-separated word's log-probability is the sum over
+        its tokens (a word's tokens run from the one that begins it up to the next token that begins with
+        whitespace; a newline is the word `<eos>`; trailing whitespace joins the last word).
+
+        Returns {"word_scores": [{"word", "log_probability"}], "total_log_probability", "tokens", "perplexity"
+        (per token), "unknown_words"}; a char, byte or bpe model's also has "words" and "word_perplexity", and
+        each word score its number of "tokens".
         """
         ids, words, unknown = self.encode_prompt(text)
         if len(ids) < 2:
@@ -277,9 +322,80 @@ class LanguageModel:
         log_probs = log_probs - np.logaddexp.reduce(log_probs, axis=-1, keepdims=True)
         values = [float(log_probs[t, ids[t + 1]]) for t in range(len(ids) - 1)]
         total = float(sum(values))
-        return {"word_scores": [{"word": w, "log_probability": v} for w, v in zip(words, values)],
-                "total_log_probability": total, "tokens": len(values),
-                "perplexity": perplexity(-total / len(values)), "unknown_words": unknown}
+        if self.tokenizer.kind == "word":
+            return {"word_scores": [{"word": w, "log_probability": v} for w, v in zip(words, values)],
+                    "total_log_probability": total, "tokens": len(values),
+                    "perplexity": perplexity(-total / len(values)), "unknown_words": unknown}
+        scores = self._word_scores(ids[1:], values)
+        return {"word_scores": scores, "total_log_probability": total, "tokens": len(values),
+                "perplexity": perplexity(-total / len(values)), "words": len(scores),
+                "word_perplexity": perplexity(-total / len(scores)), "unknown_words": unknown}
+
+    def _word_scores(self, ids, values):
+        """[{"word", "log_probability", "tokens"}]: tokens grouped into whitespace words, log-probabilities summed."""
+        groups = []  # [ids, log p]
+        for token, value in zip(ids, values):
+            current = groups[-1] if groups else None
+            if token == self.eos_id:
+                groups.append([[token], value])
+                groups.append(None)  # the next token starts a word
+            elif current is None or (self._starts_word[token] and self.tokenizer.decode(current[0]).strip()):
+                groups.append([[token], value])
+            else:
+                current[0].append(token)
+                current[1] += value
+        groups = [group for group in groups if group is not None]
+        if len(groups) > 1 and not self.tokenizer.decode(groups[-1][0]).strip() and groups[-1][0][0] != self.eos_id:
+            groups[-2][0].extend(groups[-1][0])  # trailing whitespace
+            groups[-2][1] += groups.pop()[1]
+        return [{"word": EOS if group[0] == [self.eos_id] else self.tokenizer.decode(group[0]).strip(),
+                 "log_probability": group[1], "tokens": len(group[0])} for group in groups]
+
+    def next_whole_words(self, text, top_k=5, beam=None, max_tokens=12):
+        """The top_k most likely next whole words after `text`, for a char, byte or bpe model.
+
+        A word is completed to the next space: a beam search over tokens (width `beam`, default max(16, 4 top_k),
+        at most `max_tokens` tokens per word) extends the prompt token by token; once a path's text holds a
+        non-space character, the probability of every next token that begins with whitespace (or is `<eos>`) ends
+        the word there: the path's probability times that mass is added to the word (the text stripped; several
+        paths to one word add up). `<eos>` right after the prompt is the word `<eos>`. The probabilities are
+        exact for the paths the beam keeps and a lower bound otherwise. A prompt that ends inside a word gets
+        that word's completions; one that ends with spaces or tabs gets the next word, read as the model reads
+        it: the spaces are dropped from the prompt and the word's first token must begin with whitespace (a BPE
+        token carries the space before its word).
+
+        Returns predict_next's dict: {"predictions": [{"word", "probability"}], "unknown_words"}.
+        """
+        if top_k <= 0:
+            raise LstmlmError(f"top_k must be positive, got {top_k}", argument="top_k")
+        beam = beam or max(16, 4 * top_k)
+        new_word = text[-1:] in (" ", "\t")
+        ids, _, unknown = self.encode_prompt(text.rstrip(" \t") if new_word else text)
+        step = self.step_model
+        states = self._prompt_states(ids)
+        paths, found = [([], 0.0)], {}  # (token ids after the prompt, log p)
+        for _ in range(max_tokens):
+            logits = np.asarray(self._next_logits(states), dtype=np.float64)
+            log_p = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+            candidates = []
+            for row, (path, value) in enumerate(paths):
+                word = self.tokenizer.decode(path).strip()
+                ends = self._starts_word if word else (np.arange(len(self._starts_word)) == self.eos_id)
+                mass = float(np.logaddexp.reduce(log_p[row][ends]))
+                found[word or EOS] = found.get(word or EOS, 0.0) + float(np.exp(value + mass))
+                allowed = np.where(~ends & (self._starts_word if new_word and not path else True))[0]
+                best = allowed[np.argsort(-log_p[row][allowed], kind="stable")[:beam]]
+                candidates.extend((value + log_p[row][token], row, int(token)) for token in best)
+            candidates.sort(key=lambda candidate: -candidate[0])
+            floor = sorted(found.values(), reverse=True)[top_k - 1] if len(found) >= top_k else 0.0
+            candidates = [c for c in candidates[:beam] if np.exp(c[0]) > floor]  # cannot beat the k-th word
+            if not candidates:
+                break
+            states = step.join([step.row(states, row) for _, row, _ in candidates])
+            _, states = step.advance(np.array([[token] for _, _, token in candidates]), states)
+            paths = [(paths[row][0] + [token], value) for value, row, token in candidates]
+        top = sorted(found.items(), key=lambda item: -item[1])[:top_k]
+        return {"predictions": [{"word": word, "probability": p} for word, p in top], "unknown_words": unknown}
 
     def evaluate(self, split="test", file=None, evaluation_batch_size=1, chunk_length=256):
         """`lstmlm.inference.evaluate.evaluate` on this run: {"split", "tokens", "loss", "perplexity", "accuracy",
@@ -300,8 +416,8 @@ class LanguageModel:
         for i in range(count):
             window = ids[skip + i : skip + i + steps]
             _, states = self.step_model.advance([window], self.step_model.initial_states(1))
-            predicted.append(self.vocabulary.words[int(np.argmax(self._next_logits(states)[0]))])
-            actual.append(self.vocabulary.words[int(ids[skip + i + steps])])
+            predicted.append(self.token_text(np.argmax(self._next_logits(states)[0])))
+            actual.append(self.token_text(ids[skip + i + steps]))
         return {"actual": actual, "predicted": predicted}
 
 

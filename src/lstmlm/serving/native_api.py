@@ -25,6 +25,7 @@ def request_models(limits):
         model_config = strict
         text: str = Field(description="the words so far", **text_field)
         top_k: int = Field(5, ge=1, le=limits.max_top_k, description="how many words to list")
+        whole_words: bool = Field(False, description="a char, byte or bpe model: the next whole words, not tokens")
 
     class GenerateRequest(BaseModel):
         model_config = strict
@@ -79,6 +80,9 @@ def add_native_routes(app, gate, batcher, limits):
         """The `top_k` most likely next words after `text`, most likely first: {"predictions": [{"word",
         "probability"}], "unknown_words"}."""
         check_word_count(request.text, limits)
+        if request.whole_words:  # a beam search of its own (a word model's words are its tokens: the same answer)
+            with gate.hold(deadline_of(http)) as language_model:
+                return language_model.predict_next(request.text, request.top_k, whole_words=True)
         if batcher is not None:
             try:
                 return batcher.submit((request.text, request.top_k), max(0.0, deadline_of(http) - time.monotonic()))

@@ -7,8 +7,10 @@ work unchanged. What is supported and what is refused (and why) is in docs/serve
 - `prompt` (a string or a list of strings), `max_tokens` (default 16), `temperature`, `top_p`, `top_k` (an
   extension, as vLLM's), `n`, `stop` (up to 4 strings), `seed`, `stream` with `stream_options.include_usage`,
   `logprobs` (0-5), `echo`, `user` (ignored).
-- Tokens are the model's tokens: words. A token's text is the word with the space before it (`word_piece`), an
-  `<eos>` is a newline, so the tokens of a choice concatenate to its text.
+- Tokens are the model's tokens: words, or a char/byte/bpe model's pieces of text. A word's text is the word with
+  the space before it (`word_piece`), a piece's text is itself, an `<eos>` is a newline, so the tokens of a choice
+  concatenate to its text (`LanguageModel.token_piece`; a byte or bpe token that holds part of a character's
+  UTF-8 bytes reads as U+FFFD alone).
 - `seed` with n samples: sample i is seeded with seed + i (as `lstmlm generate --num-samples`); one seeded
   sample is `/v1/generate`'s text for that seed.
 - The request's time bound (--max-request-seconds) ends a completion with finish_reason "length": the contract
@@ -117,14 +119,14 @@ class Choice:
         'the ca '
     """
 
-    def __init__(self, index, stops, previous, offset=0):
-        self.index, self.stops, self.previous, self.offset = index, stops, previous, offset
+    def __init__(self, index, stops, previous, offset=0, piece=word_piece):
+        self.index, self.stops, self.previous, self.offset, self.piece = index, stops, previous, offset, piece
         self.text, self.released, self.tokens, self.finish_reason = "", 0, 0, None
 
     def add(self, word, logprob=None):
         """Append a generated word; return the text to send now (possibly "")."""
         before, start = self.previous, len(self.text)
-        piece = word_piece(word, before)
+        piece = self.piece(word, before)
         self.previous, self.text, self.tokens = word, self.text + piece, self.tokens + 1
         self.token_logprobs = None if logprob is None else self._logprobs(piece, start, logprob, before)
         cuts = [at for at in (self.text.find(stop, self.released) for stop in self.stops) if at >= 0]
@@ -147,11 +149,12 @@ class Choice:
         """This token's logprobs in the contract's form; the alternatives are spelt as they would follow `before`."""
         chosen, top = logprob
         return {"tokens": [piece], "token_logprobs": [chosen], "text_offset": [self.offset + start],
-                "top_logprobs": [{word_piece(word, before): value for word, value in top}]}
+                "top_logprobs": [{self.piece(word, before): value for word, value in top}]}
 
 
-def echo_event(index, prompt, prompt_words, prompt_logprobs):
-    """The echoed prompt as a choice event: its text as given, its tokens with their log-probabilities."""
+def echo_event(index, prompt, prompt_words, prompt_logprobs, piece=word_piece):
+    """The echoed prompt as a choice event: its text as given, its tokens with their log-probabilities (`piece`:
+    a token's text after the one before it)."""
     if prompt_logprobs is None:
         return {"index": index, "text": prompt, "logprobs": None, "finish_reason": None}
     logprobs = {"tokens": [], "token_logprobs": [], "text_offset": [], "top_logprobs": []}
@@ -159,10 +162,10 @@ def echo_event(index, prompt, prompt_words, prompt_logprobs):
     for word, (chosen, top) in zip(prompt_words, prompt_logprobs):
         found = lowered.find(word.lower(), position)  # where the word is written, if it is (not for <unk>)
         position = found if found >= 0 else position
-        logprobs["tokens"].append(word_piece(word, previous))
+        logprobs["tokens"].append(piece(word, previous))
         logprobs["token_logprobs"].append(chosen)
         logprobs["text_offset"].append(position)
-        logprobs["top_logprobs"].append({word_piece(w, previous): value for w, value in top})
+        logprobs["top_logprobs"].append({piece(w, previous): value for w, value in top})
         previous = word
     return {"index": index, "text": prompt, "logprobs": logprobs, "finish_reason": None}
 
@@ -200,13 +203,14 @@ def _prompt_events(language_model, request, prompt, first_index, stops, deadline
                                   deadline=deadline, logprobs=request.logprobs)
     usage.prompt_tokens += len(words.prompt_words)
     previous = None if prompt == "" or prompt[-1].isspace() else "prompt"  # a space before the first word?
-    choices = [Choice(first_index + i, stops, previous, len(prompt) if request.echo else 0)
-               for i in range(request.n)]
+    choices = [Choice(first_index + i, stops, previous, len(prompt) if request.echo else 0,
+                      language_model.token_piece) for i in range(request.n)]
     try:
         step, prompt_logprobs = _first_step(language_model, request, words, hold, first=first_index == 0)
         if request.echo:
             for choice in choices:
-                yield "choice", echo_event(choice.index, prompt, words.prompt_words, prompt_logprobs)
+                yield "choice", echo_event(choice.index, prompt, words.prompt_words, prompt_logprobs,
+                                           language_model.token_piece)
         while step is not None:
             for choice, word, logprob in zip(choices, step.words, step.logprobs or [None] * request.n):
                 if choice.finish_reason is None:

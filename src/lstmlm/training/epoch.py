@@ -15,7 +15,9 @@ from lstmlm.training.trainer import train_step
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_perplexity", "train_accuracy", "valid_loss", "valid_perplexity",
                   "valid_accuracy", "valid_top5_accuracy", "learning_rate", "train_tokens", "tokens_per_second",
-                  "epoch_seconds", "wall_seconds"]
+                  "epoch_seconds", "wall_seconds", "valid_bits_per_character", "valid_word_perplexity"]
+# The last two compare across tokenizers (metrics.comparable); a history.csv written before them has neither
+# column and still reads (run_directory.read_history), and a resumed run leaves them empty in its old rows.
 
 # A model that does worse than guessing uniformly over the vocabulary by this many nats has diverged.
 DIVERGENCE_MARGIN = 1.0
@@ -157,4 +159,6 @@ def history_row(epoch, valid, wall_seconds):
             "valid_accuracy": round(valid["accuracy"], 5), "valid_top5_accuracy": round(valid["top5_accuracy"], 5),
             "learning_rate": float(f"{epoch.learning_rate:.6g}"), "train_tokens": epoch.tokens,
             "tokens_per_second": round(epoch.tokens_this_session / max(epoch.train_seconds, 1e-9), 1),
-            "epoch_seconds": round(time.time() - epoch.started, 2), "wall_seconds": round(wall_seconds, 2)}
+            "epoch_seconds": round(time.time() - epoch.started, 2), "wall_seconds": round(wall_seconds, 2),
+            "valid_bits_per_character": round(valid.get("bits_per_character", math.nan), 5),
+            "valid_word_perplexity": round(valid.get("word_perplexity", math.nan), 3)}

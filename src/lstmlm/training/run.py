@@ -20,11 +20,12 @@ from lstmlm import run_directory as rd
 from lstmlm import torch_backend
 from lstmlm.config import Config
 from lstmlm.data.batches import Batches
-from lstmlm.data.corpus import load_corpus
+from lstmlm.data.corpus import load_corpus, split_statistics
 from lstmlm.errors import LstmlmError
 from lstmlm.failpoints import failpoint
 from lstmlm.inference.evaluate import evaluate_ids
 from lstmlm.machine import cpu_info
+from lstmlm.metrics import comparable
 from lstmlm.model.adaptive_softmax import resolve_cutoffs
 from lstmlm.model.lstm_language_model import build_model
 from lstmlm.training import signals
@@ -105,7 +106,7 @@ def _open(config, out, resume, command, coordinator):
         model = build_model(config, len(corpus.vocabulary))
         info = _new_info(config, command, precision, model, corpus, resumed)
         if coordinator.is_writer:
-            corpus.vocabulary.save(out / rd.VOCABULARY)
+            corpus.tokenizer.save(out)  # vocab.txt for words; characters.json, bytes.json or tokenizer.json
     else:
         model = saved.model
     info.pop("distributed", None)  # the layout of this session (a resumed run records its latest session's)
@@ -121,7 +122,8 @@ def _new_info(config, command, precision, model, corpus, resumed):
             "device": torch_backend.device_type(), "versions": versions(),
             "parameters": int(model.count_params()), "corpus": corpus.sources,
             "tokens": {split: int(len(ids)) for split, ids in corpus.splits.items()},
-            "vocabulary_size": len(corpus.vocabulary), **({"cutoffs": model.cutoffs} if model.cutoffs else {})}
+            "vocabulary_size": len(corpus.vocabulary), "tokenizer": config.tokenizer,
+            **({"cutoffs": model.cutoffs} if model.cutoffs else {})}
     if resumed is not None:
         info["resumed"] = resumed
     return info
@@ -173,6 +175,9 @@ class TrainingRun:
         self.config, self.out, self.info, self.log = opened.config, opened.out, opened.info, log
         self.coordinator = coordinator
         self.vocabulary, self.valid_ids = opened.corpus.vocabulary, opened.corpus["valid"]
+        self.tokenizer = opened.config.tokenizer
+        # characters and words of the validation text: bits per character and word perplexity (metrics.py)
+        self.valid_statistics = split_statistics(opened.config, "valid")
         self.batches = opened.batches
         self.trainer = Trainer(opened.config, opened.model, opened.precision, coordinator)
         self.checkpoints = Checkpoints(opened.out, opened.config.keep_checkpoints, writer=coordinator.is_writer)
@@ -243,6 +248,8 @@ class TrainingRun:
 
         result = dict(zip(VALIDATION_KEYS, self.coordinator.from_writer(evaluate, len(VALIDATION_KEYS)).tolist()))
         result["tokens"] = int(result["tokens"])
+        if ids is self.valid_ids:
+            result.update(comparable(result, *self.valid_statistics, self.tokenizer))
         return result
 
     def end_epoch(self, epoch):
