@@ -64,7 +64,8 @@ def test_evaluate_json(cli_run, capsys, toy_corpus):
     assert status == 0
     result = json.loads(stdout)
     assert list(result) == ["split", "tokens", "loss", "perplexity", "accuracy", "top5_accuracy", "seconds",
-                            "num_unknown_words"]
+                            "num_unknown_words", "bits_per_character", "word_perplexity", "characters", "words"]
+    assert result["word_perplexity"] == result["perplexity"]  # a word run's tokens are its words
     library = load(out).evaluate()
     assert list(library) == list(result)
     numbers = ["tokens", "loss", "perplexity", "accuracy", "top5_accuracy", "num_unknown_words"]

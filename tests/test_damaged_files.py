@@ -204,7 +204,7 @@ def test_damaged_vocabulary(capsys, run, damage, problem):
 @pytest.mark.parametrize("damage, problem", [
     (lambda data: data + b"4,caf\xe9\n", r"line 5: bytes that are not UTF-8"),
     (lambda data: b"", r"line 1: expected a header of distinct column names, found None"),
-    (lambda data: data + b"4,1.5\n", r"line 5: 2 fields, the header has 13"),
+    (lambda data: data + b"4,1.5\n", r"line 5: 2 fields, the header has 15"),
     (lambda data: data.replace(b"\n3,", b"\nthree,"), r"line 4: epoch 'three' is not a whole number"),
     (lambda data: b"epoch,epoch\n1,1\n", r"line 1: expected a header of distinct column names"),
     (lambda data: data[:-30] + b'"unterminated\n', r"line \d: (not valid CSV|\d+ fields)"),

@@ -22,7 +22,8 @@ def run_dir(tiny_run):
 def test_plot_history_writes_one_png_per_figure(run_dir, tmp_path):
     paths = plot_history(run_dir, tmp_path / "out")
     assert [p.name for p in paths] == list(FIGURES) == ["loss.png", "perplexity.png", "accuracy.png",
-                                                         "learning_rate.png", "throughput.png"]
+                                                         "learning_rate.png", "throughput.png",
+                                                         "bits_per_character.png", "word_perplexity.png"]
     for path in paths:
         assert path.parent == tmp_path / "out"
         assert png_size(path) == (700, 450)  # figsize (7, 4.5) at 100 dpi

@@ -84,7 +84,7 @@ def test_run_directory_files(tiny_run):
         assert next(reader) == HISTORY_FIELDS == [
             "epoch", "train_loss", "train_perplexity", "train_accuracy", "valid_loss", "valid_perplexity",
             "valid_accuracy", "valid_top5_accuracy", "learning_rate", "train_tokens", "tokens_per_second",
-            "epoch_seconds", "wall_seconds"]
+            "epoch_seconds", "wall_seconds", "valid_bits_per_character", "valid_word_perplexity"]
         rows = list(reader)
     assert [row[0] for row in rows] == ["1", "2", "3"]
     info = json.loads((tiny_run / "config.json").read_text())
