@@ -311,7 +311,9 @@ def run_predict(args):
         print(json.dumps(result))
     else:
         for entry in result["predictions"]:  # repr() shows a token's spaces: ' the', 'a'
-            word = entry["word"] if model.tokenizer.kind == "word" or args.whole_words else repr(entry["word"])
+            word = entry["word"]
+            if model.tokenizer.kind != "word" and not args.whole_words and word != "<eos>":
+                word = repr(word)
             print(f"{entry['probability']:.4f}  {word}")
     return 0
 
