@@ -287,13 +287,14 @@ class BpeTokenizer:
 
     def encode_counting(self, text):
         lines = (text.lower() if self.lowercase else text).split("\n")
-        parts = []
+        ids = []
         for start in range(0, len(lines), ENCODE_BATCH_LINES):
-            batch = lines[start:start + ENCODE_BATCH_LINES]
-            for encoding in self.model.encode_batch_fast(batch, add_special_tokens=False):
-                parts.append(np.asarray(encoding.ids, dtype=np.int32))
-                parts.append(np.array([self.eos_id], dtype=np.int32))
-        return np.concatenate(parts[:-1]), 0  # no <eos> after the last line: it had no newline
+            for encoding in self.model.encode_batch_fast(lines[start:start + ENCODE_BATCH_LINES],
+                                                         add_special_tokens=False):
+                ids.extend(encoding.ids)
+                ids.append(self.eos_id)
+        ids.pop()  # no <eos> after the last line: it had no newline
+        return np.array(ids, dtype=np.int32), 0
 
     def unknown(self, text):
         return []
