@@ -11,6 +11,10 @@ where the fault happens at the start of the k-th call (1-based) of train_step in
 "signal" sends SIGTERM to the process itself (the step then runs to its end), "exit" ends the process at once
 (os._exit(3)), "hang" sleeps for an hour; and "losses" writes this rank's loss of every step (the mean over its
 own streams) to PATH.rankR.json.
+
+LSTMLM_TEST_BFLOAT16=1 in the environment forces the bfloat16 capability check to answer yes (torch computes
+bfloat16 on any CPU, only slower), as tests in one process do with monkeypatch, so bfloat16 runs are tested on any
+machine.
 """
 
 import json
@@ -25,6 +29,9 @@ from lstmlm.training import epoch as epoch_module
 from lstmlm.training import loop as loop_module
 from lstmlm.config import Config
 from lstmlm.errors import LstmlmError
+from lstmlm import torch_backend
+
+FORCE_BFLOAT16 = "LSTMLM_TEST_BFLOAT16"
 
 
 def instrumented(real_step, fault, losses):
@@ -67,6 +74,8 @@ def run_job(job):
 def main(jobs_file):
     with open(jobs_file, encoding="utf-8") as file:
         jobs = json.load(file)
+    if os.environ.get(FORCE_BFLOAT16) == "1":
+        torch_backend.bfloat16_supported = lambda: True
     try:
         distributed.init()
         for job in jobs:

@@ -7,6 +7,7 @@ one launch runs several training jobs (distributed_worker.py) and several tests 
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -349,3 +350,54 @@ def test_a_rank_that_dies_or_hangs_stops_the_other_with_an_error(toy_corpus, tmp
     assert "lstmlm: error: rank 0: lost contact with the other ranks during training" in output
     assert "Traceback" not in output
     assert not (tmp_path / "run" / "state.json").exists()  # nothing half-written: no epoch finished
+
+
+# ---- bfloat16 -------------------------------------------------------------------------------------------------
+def _bfloat16_config(paths, **overrides):
+    """The `small` preset's recipe (SGD at rate 1 on the loss summed over time, clip 5, weights +-0.1, no dropout)
+    at toy size: 2x32 units, 10 streams x 10 steps, one epoch."""
+    return tiny_config(paths, hidden_size=32, num_steps=10, batch_size=10, epochs=1, optimizer="sgd",
+                       learning_rate=1.0, sum_over_time=True, clip_norm=5.0, init_scale=0.1,
+                       learning_rate_schedule="constant", max_vocabulary_size=0, **overrides)
+
+
+def test_two_ranks_in_bfloat16_end_an_epoch_within_the_one_process_spread(tmp_path, monkeypatch):
+    """Issue 19 item 5: 2 ranks in bfloat16 end one epoch of the `small` recipe (at toy size) where one process
+    does. The one-process spread: float32 at 1 thread, bfloat16 at 1 and 2 threads; 2 ranks in bfloat16 must lie
+    in it widened by TOLERANCE = 0.005 nats, 10x the largest gap measured on this text (seeds 1-3): one process's
+    bfloat16 against its float32 differed by at most 0.0005 nats, 2 ranks' bfloat16 from one process's by at most
+    0.0005 (a rounding-sized difference: bfloat16 products blocked for 5 rows instead of 10). A diverged run (the
+    12.83 against 7.15 of the old docs/distributed.md) or a step that is not one process's step is far outside.
+    The bfloat16 capability is forced (here by monkeypatch, in the ranks by LSTMLM_TEST_BFLOAT16=1), so this runs
+    on any CPU: torch computes bfloat16 everywhere, only slower."""
+    from helpers import zipf_text
+    from lstmlm import torch_backend
+
+    tolerance = 0.005
+    monkeypatch.setattr(torch_backend, "bfloat16_supported", lambda: True)
+    paths = {"train": tmp_path / "train.txt", "valid": tmp_path / "valid.txt", "test": tmp_path / "valid.txt"}
+    paths["train"].write_text(zipf_text(1000, 12_000, structure=0.25), encoding="utf-8")
+    paths["valid"].write_text(zipf_text(1000, 2_000, structure=0.25, seed=1), encoding="utf-8")
+    threads_before, one = torch.get_num_threads(), {}
+    try:
+        for precision, threads in (("float32", 1), ("bfloat16", 1), ("bfloat16", 2)):
+            out = tmp_path / f"one-{precision}-{threads}"
+            single_process(_bfloat16_config(paths, precision=precision, threads=threads), out)
+            one[precision, threads] = read_history(out)[0]["valid_loss"]
+    finally:
+        torch.set_num_threads(threads_before)  # --threads set this process's torch threads
+    jobs = [{"config": _bfloat16_config(paths, precision=precision, threads=1).to_dict(),
+             "out": str(tmp_path / f"two-{precision}")} for precision in ("float32", "bfloat16")]
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps(jobs), encoding="utf-8")
+    code, output = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                         str(WORKER), str(path)], env=_environment(LSTMLM_TEST_BFLOAT16="1"))
+    assert code == 0, output[-3000:]
+    two = {precision: read_history(tmp_path / f"two-{precision}")[0]["valid_loss"]
+           for precision in ("float32", "bfloat16")}
+    assert rd.read_json(tmp_path / "two-bfloat16" / rd.CONFIG)["precision"] == "bfloat16"
+    assert one["float32", 1] < math.log(1000) - 0.5  # it learned (uniform: 6.91 nats)
+    assert two["float32"] == pytest.approx(one["float32", 1], abs=1e-4)  # float32: the same epoch
+    assert two["bfloat16"] != two["float32"] and one["bfloat16", 1] != one["float32", 1]  # bfloat16 was used
+    low, high = min(one.values()), max(one.values())
+    assert low - tolerance <= two["bfloat16"] <= high + tolerance, (one, two)
