@@ -2,7 +2,7 @@
 """The spread of one epoch's validation loss over layouts, precisions and seeds: is 2 processes' result within the
 spread of one process's?
 
-    python benchmarks/distributed_spread.py --out docs/runs/distributed-spread       # the grid: ~10 minutes on 2 cores
+    python benchmarks/distributed_spread.py --out docs/runs/distributed-spread  # 18 runs: 20 min, 2 cores at load 4-7
     python benchmarks/distributed_spread.py --seeds 1 --precisions bfloat16 --out /tmp/spread   # one column
 
 Every run is `lstmlm train --preset small --epochs 1` (SGD at rate 1, the loss summed over time, clip 5, no
