@@ -151,16 +151,14 @@ def communication(config, steps, repeats):
     import torch
     import torch.distributed as dist
 
-    from lstmlm import torch_backend
-
-    from lstmlm.precision import resolve_precision
-
-    from lstmlm.training import distributed
     from lstmlm.model.lstm_language_model import build_model
+    from lstmlm.precision import resolve_precision
+    from lstmlm.training import distributed
+    from lstmlm.training.coordinator import coordinator
     from lstmlm.training.trainer import Trainer, train_step
 
     keras.utils.set_random_seed(config.seed)
-    trainer = Trainer(config, build_model(config, VOCABULARY), resolve_precision(config.precision))
+    trainer = Trainer(config, build_model(config, VOCABULARY), resolve_precision(config.precision), coordinator())
     parameters = sum(p.numel() for p in trainer.parameters)
     buffer = torch.ones(parameters, dtype=torch.float32)
 
@@ -172,8 +170,8 @@ def communication(config, steps, repeats):
         return (time.perf_counter() - started) / count
 
     all_reduce = [timed(lambda: dist.all_reduce(buffer)) for _ in range(repeats)]
-    # what TrainingRun.agree sends after every batch: three flags and the clock
-    agreement = [timed(lambda: distributed.all_reduce([0, 0, 0, 1.0], "max"), 20) for _ in range(repeats)]
+    # what TrainingRun.agree sends after every batch: four flags and the clock
+    agreement = [timed(lambda: distributed.all_reduce([0, 0, 0, 0, 1.0], "max"), 20) for _ in range(repeats)]
 
     rows = config.batch_size // dist.get_world_size()
     rng = np.random.default_rng(config.seed)

@@ -24,9 +24,7 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -289,70 +287,6 @@ def environment():
                            **{name: os.environ[name] for name in ISA_VARIABLES if name in os.environ}}}
 
 
-# ---- memory --------------------------------------------------------------------------------------------
-def _high_water_rss_mb():
-    """This process's peak RSS since exec (VmHWM). getrusage's ru_maxrss is NOT reset by exec on Linux: a child
-    started from a big parent reports at least the parent's peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def memory_child(kind, config_name, steps):
-    """Run in a fresh process: import, build, train `steps` steps, report the peak RSS."""
-    if kind.startswith("pytorch"):
-        import torch  # noqa: F401
-
-        import reference_pytorch  # noqa: F401  (no Keras: see LIGHT_CONFIGS)
-    else:
-        import lstmlm  # noqa: F401
-    after_imports = _high_water_rss_mb()
-    step = make_step(kind, config_name)
-    for x, y in zipf_batches(steps, BATCH, LIGHT_CONFIGS[config_name]["num_steps"]):
-        step.step(x, y)
-    return {"variant": step.name, "steps": steps, "keras_imported": "keras" in sys.modules,
-            "peak_rss_after_imports_mb": round(after_imports, 1), "peak_rss_mb": round(_high_water_rss_mb(), 1)}
-
-
-def memory_benchmark(kinds, config_name, steps, threads, log=print):
-    out = {}
-    for kind in kinds:
-        log(f"  peak RSS: {kind} ({config_name}, {steps} steps, fresh process)")
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-child", kind,
-                               "--config", config_name, "--memory-steps", str(steps), "--threads", str(threads)],
-                              capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            out[kind] = {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
-        else:
-            out[kind] = json.loads(done.stdout.strip().splitlines()[-1])
-    return out
-
-
-# ---- profile -------------------------------------------------------------------------------------------
-def profile_training(kind, config_name, steps=3, warmup=2, top=15):
-    """torch.profiler's ops by self CPU time over `steps` steps (wall-clock based: run it on a quiet machine)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    step = make_step(kind, config_name)
-    batches = zipf_batches(warmup + steps, BATCH, LIGHT_CONFIGS[config_name]["num_steps"], seed=SEED + 1)
-    for x, y in batches[:warmup]:
-        step.step(x, y)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for x, y in batches[warmup:]:
-            step.step(x, y)
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events)
-    return {"variant": step.name, "config": config_name, "steps": steps,
-            "self_cpu_ms_per_step": round(total / 1000 / steps, 1),
-            "top": [{"op": e.key, "calls_per_step": round(e.count / steps, 1),
-                     "self_cpu_ms_per_step": round(e.self_cpu_time_total / 1000 / steps, 2),
-                     "share": round(e.self_cpu_time_total / total, 3)} for e in events[:top]]}
-
-
 # ---- modes ---------------------------------------------------------------------------------------------
 def run_quick(warmup=2, rounds=4, log=print):
     """The CI smoke check: small config, lstmlm against plain PyTorch at lstmlm's precision (and float32)."""
@@ -372,6 +306,8 @@ def run_full(args, log=print):
     result = {"mode": "full", "environment": env, "note": args.note, "training": {}}
     if args.memory_steps:  # first, while this process is small
         kinds = args.variants.split(",") if args.variants else variants("tutorial")
+        from step_memory_profile import memory_benchmark
+
         result["memory"] = memory_benchmark(kinds, "tutorial", args.memory_steps, args.threads, log=log)
     for config_name, rounds in (("tutorial", args.rounds), ("small", args.rounds_small)):
         kinds = variants(config_name) if not args.variants else [
@@ -382,6 +318,8 @@ def run_full(args, log=print):
         pairs = [("lstmlm", "pytorch-bf16" if bfloat16_native() else "pytorch")]
         if bfloat16_native():
             pairs.append(("lstmlm-float32", "pytorch"))
+        from step_memory_profile import profile_training
+
         result["profile"] = {f"{kind} {config}": profile_training(kind, config, steps=args.profile_steps)
                              for config in ("tutorial", "small") for pair in pairs for kind in pair}
     env["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
@@ -478,6 +416,8 @@ def main(argv=None):
 
         torch.set_num_threads(args.threads)
     if args.memory_child:
+        from step_memory_profile import memory_child
+
         print(json.dumps(memory_child(args.memory_child, args.config, args.memory_steps)))
         return 0
 
