@@ -119,6 +119,10 @@ def recipe(peer_args):
 
 
 # ---- running it under a budget -------------------------------------------------------------------------------
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_with_budget(command, cwd, env, budget_seconds, log_path, timeout):
     """Run the program, SIGINT at the budget (see the module docstring); returns what happened when."""
     started = time.monotonic()
@@ -126,8 +130,11 @@ def run_with_budget(command, cwd, env, budget_seconds, log_path, timeout):
     with open(log_path, "w", encoding="utf-8") as log:
         log.write("$ " + shlex.join(command) + "\n")
         log.flush()
+        # SIGINT back to its default in the child: a race started in the background (`&`, nohup) has SIGINT
+        # ignored, the child would inherit that, and Python installs its KeyboardInterrupt handler only where
+        # SIGINT is not ignored: the budget's Ctrl-C would then be lost and the program would run on.
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, bufsize=1)
+                                   text=True, bufsize=1, preexec_fn=_default_sigint)
 
         def read():
             for line in process.stdout:

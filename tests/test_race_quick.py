@@ -290,3 +290,25 @@ def test_race_asks_for_the_real_program_or_the_named_fallback(monkeypatch, capsy
     assert race.parse_args(["--quick", "--peer", "reimplementation"]).peer == "reimplementation"
     with pytest.raises(SystemExit, match="no word_language_model/main.py"):
         race.parse_args(["--quick", "--peer-dir", "/nonexistent"])
+
+
+def test_the_budget_stops_the_program_when_the_race_runs_with_sigint_ignored(tmp_path):
+    """A race started in the background (`race.py ... &`, nohup) runs with SIGINT ignored, and a child inherits
+    that: Python then installs no KeyboardInterrupt handler, and the budget's SIGINT would be lost (the program ran
+    on past its budget in the first real race of this kind). The child gets SIGINT's default back, so the budget
+    still stops it."""
+    import signal
+
+    program = tmp_path / "examples" / "word_language_model"
+    program.mkdir(parents=True)
+    (program / "main.py").write_text(STAND_IN)
+    (program / "data.py").write_text("# the stand-in has no corpus code\n")
+    (program / "model.py").write_text("")
+    paths = tiny_corpus(tmp_path / "corpus")
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        side = run_real_side(tmp_path / "examples", paths, tmp_path / "race", minutes=3 / 60)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert side["stopped_by"] == "the budget (SIGINT)"
+    assert side["epochs_validated"] <= 6  # 3 s of 0.6-second epochs, not the stand-in's 40 epochs (24 s)
