@@ -96,13 +96,11 @@ class CorpusCache:
         if not self.persistent:
             return None
         path = self.directory / f"vocabulary-{key}.txt"
-        info = self._info(path.with_suffix(".json"), key)
-        if info is None:
-            return None
         try:
-            data = path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != info["sha256"]:
-                raise LstmlmError("its sha256 differs from the recorded one")
+            recorded = self._recorded(path, key)
+            if recorded is None:
+                return None
+            data, info = recorded
             # words never contain whitespace (they come from str.split), so one split parses every line
             fields = data.decode("utf-8").split()
             if len(fields) != 2 * int(info["words"]):
@@ -127,16 +125,22 @@ class CorpusCache:
         if not self.persistent:
             return None
         path = self.directory / f"tokenizer-{key}.txt"
+        try:
+            recorded = self._recorded(path, key)
+            return None if recorded is None else recorded[0].decode("utf-8")
+        except (OSError, ValueError, LstmlmError, KeyError) as error:
+            return self._damaged(path, error)
+
+    def _recorded(self, path, key):
+        """(bytes, record) of a cached file whose .json records `key`, the bytes checked against the recorded
+        sha256; None if nothing is cached for `key`. A damaged file raises (OSError, ValueError, LstmlmError)."""
         info = self._info(path.with_suffix(".json"), key)
         if info is None:
             return None
-        try:
-            data = path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != info["sha256"]:
-                raise LstmlmError("its sha256 differs from the recorded one")
-            return data.decode("utf-8")
-        except (OSError, ValueError, LstmlmError, KeyError) as error:
-            return self._damaged(path, error)
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != info["sha256"]:
+            raise LstmlmError("its sha256 differs from the recorded one")
+        return data, info
 
     def save_tokenizer_text(self, key, text):
         if not self.persistent:
