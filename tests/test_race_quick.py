@@ -214,15 +214,20 @@ STAND_IN = textwrap.dedent("""\
 """)
 
 
-def test_real_peer_plumbing_with_a_stand_in(tmp_path):
-    """The real-peer path against a stand-in main.py written here (the real program is not in the repository;
-    the next test runs it where a checkout exists): the command line it gets, the data directory, SIGINT at the
-    budget counted from its training start, and its printed lines read back into the race's numbers."""
-    program = tmp_path / "examples" / "word_language_model"
+def write_stand_in(checkout):
+    """A pytorch/examples checkout holding the stand-in as word_language_model/main.py."""
+    program = checkout / "word_language_model"
     program.mkdir(parents=True)
     (program / "main.py").write_text(STAND_IN)
     (program / "data.py").write_text("# the stand-in has no corpus code\n")
     (program / "model.py").write_text("")
+
+
+def test_real_peer_plumbing_with_a_stand_in(tmp_path):
+    """The real-peer path against a stand-in main.py written here (the real program is not in the repository;
+    the next test runs it where a checkout exists): the command line it gets, the data directory, SIGINT at the
+    budget counted from its training start, and its printed lines read back into the race's numbers."""
+    write_stand_in(tmp_path / "examples")
     paths = tiny_corpus(tmp_path / "corpus")
     side = run_real_side(tmp_path / "examples", paths, tmp_path / "race", minutes=3 / 60)
 
@@ -299,11 +304,7 @@ def test_the_budget_stops_the_program_when_the_race_runs_with_sigint_ignored(tmp
     still stops it."""
     import signal
 
-    program = tmp_path / "examples" / "word_language_model"
-    program.mkdir(parents=True)
-    (program / "main.py").write_text(STAND_IN)
-    (program / "data.py").write_text("# the stand-in has no corpus code\n")
-    (program / "model.py").write_text("")
+    write_stand_in(tmp_path / "examples")
     paths = tiny_corpus(tmp_path / "corpus")
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
