@@ -92,8 +92,9 @@ def _open(config, out, resume, command, coordinator):
         resumed = info["resumed"]
     else:
         config.validate()
-    if coordinator.threads(config.threads) > 0:
-        torch.set_num_threads(coordinator.threads(config.threads))
+    threads = coordinator.threads(config.threads)
+    if threads > 0:
+        torch.set_num_threads(threads)
     precision = precisions.training_precision(config.precision)
     corpus = load_corpus(config)  # reads and checks every input before anything is written
     # a split too short for one batch (or a batch size the ranks cannot share) is an error before anything is written
