@@ -224,7 +224,7 @@ def side(args, python, paths, out, timeout, environment, split_tokens, evaluate_
     partial = [row for row in printed["progress"] if row["epoch"] > completed]
     best = min(printed["epochs"], key=lambda row: row["valid_loss"]) if printed["epochs"] else None
     ms = [row["ms_per_batch"] for row in printed["progress"]]
-    test_tokens = stream_tokens(split_tokens(paths["test"]))
+    test_tokens = stream_tokens(split_tokens(data_dir / "test.txt"))  # the plain copy: paths may be .gz
     values.update({
         "stopped_by": "the budget (SIGINT)" if run["interrupted_at"] is not None else "its --epochs limit",
         "training_start_seconds": round(started, 2), "training_wall_seconds": round((ended or started) - started, 2),
@@ -243,7 +243,7 @@ def side(args, python, paths, out, timeout, environment, split_tokens, evaluate_
                              "rule": "the program's: 10 streams from a zero state, the split trimmed to a multiple "
                                      "of 10"},
                     "valid": ({"loss": best["valid_loss"], "perplexity": best["valid_perplexity"],
-                               "tokens": stream_tokens(split_tokens(paths["valid"]))} if best else None)}})
+                               "tokens": stream_tokens(split_tokens(data_dir / "valid.txt"))} if best else None)}})
     exact = score_in_subprocess(evaluate_command, onnx_path, program, data_dir, args.threads, out, timeout, env)
     if "error" in exact:
         values["exact_error"] = exact["error"]

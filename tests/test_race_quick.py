@@ -229,6 +229,9 @@ def test_real_peer_plumbing_with_a_stand_in(tmp_path):
     budget counted from its training start, and its printed lines read back into the race's numbers."""
     write_stand_in(tmp_path / "examples")
     paths = tiny_corpus(tmp_path / "corpus")
+    plain_test = paths["test"]
+    paths["test"] = plain_test.with_suffix(".txt.gz")  # gzipped, as lstmlm's bundled PTB is
+    paths["test"].write_bytes(__import__("gzip").compress(plain_test.read_bytes()))
     side = run_real_side(tmp_path / "examples", paths, tmp_path / "race", minutes=3 / 60)
 
     assert "error" not in side, side
@@ -236,8 +239,9 @@ def test_real_peer_plumbing_with_a_stand_in(tmp_path):
     argv = called["argv"]
     assert called["threads"] == "1" and "--tied" in argv and argv[argv.index("--seed") + 1] == "3"
     data = Path(argv[argv.index("--data") + 1])
-    for split in ("train", "valid", "test"):  # the same files lstmlm reads, by symlink
+    for split in ("train", "valid"):  # the same files lstmlm reads, by symlink
         assert (data / f"{split}.txt").resolve() == paths[split].resolve()
+    assert (data / "test.txt").read_bytes() == plain_test.read_bytes()  # a .gz split: a decompressed copy
     assert argv[argv.index("--onnx-export") + 1].endswith("peer-model.onnx")
     assert side["stopped_by"] == "the budget (SIGINT)"
     assert 0.9 <= side["training_start_seconds"] <= 4  # after its 1-second "corpus reading"
@@ -245,7 +249,7 @@ def test_real_peer_plumbing_with_a_stand_in(tmp_path):
     assert side["epochs_validated"] == len(side["history"]) >= 3
     assert side["best_epoch"] == side["history"][-1]["epoch"]  # valid loss falls every epoch
     assert side["printed"]["test"]["perplexity"] == 244.69
-    assert side["printed"]["test"]["tokens"] == real_peer.stream_tokens(race.split_tokens(paths["test"]))
+    assert side["printed"]["test"]["tokens"] == real_peer.stream_tokens(race.split_tokens(plain_test))
     assert side["tokens_per_second"] == pytest.approx(20 * 35 / 0.3, abs=0.1)  # its batch of 20 x 35, 300 ms
     # no ONNX export: the printed numbers are the final ones, marked as not exact, and the race says so
     assert side["final"]["test"]["exact"] is False and "no ONNX export" in side["exact_error"]
