@@ -210,8 +210,13 @@ def test_cutoffs_are_parsed_checked_and_resolved():
         with pytest.raises(LstmlmError, match="--cutoffs must be increasing positive integers"):
             parse_cutoffs(bad)
     assert resolve_cutoffs("", 33278) == [2079, 11092]
-    with pytest.raises(LstmlmError, match=r"below the vocabulary size \(10,000 words\)"):
+    with pytest.raises(LstmlmError, match=r"^cutoffs 2000,10000: every cutoff must be below the vocabulary size "
+                                          r"\(10,000 words\)$") as raised:  # the library names the argument
         resolve_cutoffs("2000,10000", 10000)
+    assert raised.value.for_command_line().startswith("--cutoffs 2000,10000: every cutoff")  # the CLI the flag
+    with pytest.raises(LstmlmError, match=r"^softmax adaptive: a vocabulary of 2 words is too small") as raised:
+        resolve_cutoffs("", 2)
+    assert raised.value.for_command_line().startswith("--softmax adaptive: a vocabulary of 2 words")
     assert Config(cutoffs=[20, 100]).cutoffs == "20,100"  # a JSON config's list
     with pytest.raises(LstmlmError, match="--cutoffs"):
         Config(softmax="adaptive", cutoffs="9,3").validate()

@@ -7,8 +7,10 @@ import pytest
 from helpers import tree_digest
 
 from lstmlm.data import corpus as corpus_module
+from lstmlm.data.download import download
 from lstmlm.training import epoch as epoch_module
 from lstmlm.cli import main
+from lstmlm.errors import LstmlmError
 
 
 @pytest.fixture
@@ -204,6 +206,8 @@ def test_errors_found_by_the_cli_fuzz(capsys, tmp_path, untouched):
           r"file\.txt/gates\.png: cannot write")
     fails(capsys, ["download", "https://192.0.2.1/f.txt", "--out", a_file], r"--out .*file\.txt: exists and is not a "
                                                                            r"folder")
+    with pytest.raises(LstmlmError, match=r"^out_dir .*file\.txt: exists and is not a folder$"):  # the library's
+        download("https://192.0.2.1/f.txt", a_file)
     assert a_file.read_text(encoding="utf-8") == "x" and not (tmp_path / "gates.txt").exists()
 
 

@@ -219,6 +219,8 @@ def test_a_damaged_or_missing_tokenizer_file_is_one_line(runs, capsys, tmp_path)
 
 
 def test_bad_tokenizer_flags_are_one_line(runs, corpus, capsys, tmp_path):
+    with pytest.raises(LstmlmError, match=r"^vocabulary_size 100: smaller than the byte alphabet"):  # the library
+        BpeTokenizer.train(RAW, vocabulary_size=100)
     status, _, err = run_cli(capsys, "train", "--tokenizer", "bpe", "--vocabulary-size", "100", "--out",
                              tmp_path / "x", "--train", corpus["train"], "--valid", corpus["valid"])
     assert status == 2 and "--vocabulary-size 100: smaller than the byte alphabet" in err

@@ -130,8 +130,9 @@ class Batches:
     def __init__(self, config, ids, rank=0, world_size=1):
         self.ids, self.batch_size, self.num_steps = ids, config.batch_size, config.num_steps
         if config.batch_size % world_size:
-            raise LstmlmError(f"--batch-size {config.batch_size} is not divisible by the {world_size} processes: "
-                              "it is the total number of streams, and each process takes an equal share")
+            raise LstmlmError(f"batch_size {config.batch_size} is not divisible by the {world_size} processes: "
+                              "it is the total number of streams, and each process takes an equal share",
+                              argument="batch_size")
         self.local_batch_size = config.batch_size // world_size
         self.rows = slice(rank * self.local_batch_size, (rank + 1) * self.local_batch_size)
         self.window = None

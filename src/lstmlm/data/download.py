@@ -38,11 +38,12 @@ def download(url, out_dir, sha256=None, max_bytes=2 << 30, timeout=60):
         raise LstmlmError(f"{url}: expected an http(s) address of a file")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise LstmlmError(f"--out {out_dir}: exists and is not a folder")
+        raise LstmlmError(f"out_dir {out_dir}: exists and is not a folder", argument="out_dir")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise LstmlmError(f"--out {out_dir}: cannot create the folder ({error.strerror or error})") from None
+        raise LstmlmError(f"out_dir {out_dir}: cannot create the folder ({error.strerror or error})",
+                          argument="out_dir") from None
     destination = out_dir / name
     digest = hashlib.sha256()
     size = 0
@@ -90,6 +91,12 @@ def run_download(args):
     if args.sha256 and len(args.sha256) != len(args.urls):
         raise LstmlmError(f"--sha256: got {len(args.sha256)} digests for {len(args.urls)} URLs")
     for url, sha256 in zip(args.urls, args.sha256 or [None] * len(args.urls)):
-        path = download(url, args.out, sha256)
+        try:
+            path = download(url, args.out, sha256)
+        except LstmlmError as error:
+            if error.argument != "out_dir":
+                raise
+            # download()'s out_dir is the flag --out (for_command_line() would write --out-dir)
+            raise LstmlmError("out" + str(error)[len("out_dir"):], argument="out") from None
         print(f"{path}\t{path.stat().st_size:,} bytes")
     return 0

@@ -347,8 +347,8 @@ class BpeTokenizer:
 
 def check_bpe_size(vocabulary_size):
     if vocabulary_size < BYTE_ALPHABET + 1:
-        raise LstmlmError(f"--vocabulary-size {vocabulary_size}: smaller than the byte alphabet (256 bytes and "
-                          f"<eos> = {BYTE_ALPHABET + 1} ids); BPE needs at least that")
+        raise LstmlmError(f"vocabulary_size {vocabulary_size}: smaller than the byte alphabet (256 bytes and "
+                          f"<eos> = {BYTE_ALPHABET + 1} ids); BPE needs at least that", argument="vocabulary_size")
 
 
 def load_tokenizer(run_dir, config, vocabulary=None):

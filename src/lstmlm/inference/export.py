@@ -83,7 +83,7 @@ def export_onnx(language_model, out):
                           "has a single output matrix); export a --softmax full run")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise LstmlmError(f"--out {out}: exists and is not a directory")
+        raise LstmlmError(f"out {out}: exists and is not a directory", argument="out")
     out.mkdir(parents=True, exist_ok=True)
     step = TorchStepModel(language_model.model, "float32")
     module = step_module(step)

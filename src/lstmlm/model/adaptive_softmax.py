@@ -49,11 +49,11 @@ def resolve_cutoffs(text, vocabulary_size):
     if not cutoffs:
         cutoffs = sorted({c for c in (vocabulary_size // 16, vocabulary_size // 3) if 0 < c < vocabulary_size})
         if not cutoffs:
-            raise LstmlmError(f"--softmax adaptive: a vocabulary of {vocabulary_size} words is too small for a "
-                              "shortlist and a cluster")
+            raise LstmlmError(f"softmax adaptive: a vocabulary of {vocabulary_size} words is too small for a "
+                              "shortlist and a cluster", argument="softmax")
     if cutoffs[-1] >= vocabulary_size:
-        raise LstmlmError(f"--cutoffs {','.join(map(str, cutoffs))}: every cutoff must be below the vocabulary "
-                          f"size ({vocabulary_size:,} words)")
+        raise LstmlmError(f"cutoffs {','.join(map(str, cutoffs))}: every cutoff must be below the vocabulary "
+                          f"size ({vocabulary_size:,} words)", argument="cutoffs")
     return cutoffs
 
 
