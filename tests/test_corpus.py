@@ -68,6 +68,25 @@ def test_sha256_rejects_corrupted_data(monkeypatch):
     corpus_module.bundled_text("ptb", "test")  # the others still verify
 
 
+def test_ptb_char_is_ptb_without_the_spaces_around_each_line():
+    """PTB-char's text: PTB's lines, each without its leading and trailing space, checked against its own
+    sha256; its sizes are the PTB-char benchmark's (5.01M / 393k / 442k characters, newlines included)."""
+    sizes = {"train": 5_017_482, "valid": 393_042, "test": 442_423}
+    for split, size in sizes.items():
+        words, characters = corpus_module.bundled_text("ptb", split), corpus_module.bundled_text("ptb-char", split)
+        assert len(characters) == size
+        assert characters.split("\n") == [line.strip(" ") for line in words.split("\n")]
+    assert len(set(corpus_module.bundled_text("ptb-char", "train"))) == 50  # 49 characters and the newline
+
+
+def test_ptb_char_with_the_char_tokenizer_has_51_symbols():
+    corpus = corpus_module.load_corpus(Config(data="ptb-char", tokenizer="char"), cache=False)
+    assert {split: len(ids) for split, ids in corpus.splits.items()} == {
+        "train": 5_017_482, "valid": 393_042, "test": 442_423}  # one id per character, a newline as <eos>
+    assert len(corpus.vocabulary) == 51  # the 49 characters, <eos> and <unk>
+    assert corpus.tokenizer.decode(corpus["valid"][:12]) == "consumers ma"
+
+
 def test_unknown_bundled_corpus():
     with pytest.raises(LstmlmError, match="unknown bundled corpus 'wiki'"):
         corpus_module.bundled_text("wiki", "train")

@@ -39,7 +39,9 @@ def parse_cutoffs(text):
 @dataclass
 class Config:
     # ---- data -----------------------------------------------------------------------------------------
-    data: str = field(default="ptb", metadata=_help("bundled corpus name ('ptb'); ignored when --train is given"))
+    data: str = field(default="ptb", metadata=_help(
+        "bundled corpus: 'ptb', or 'ptb-char' (the same text without each line's leading and trailing space, "
+        "for --tokenizer char: PTB-char's characters); ignored when --train is given"))
     train: str | None = field(default=None, metadata=_help("training text file (UTF-8, one sentence per line)"))
     valid: str | None = field(default=None, metadata=_help("validation text file"))
     test: str | None = field(default=None, metadata=_help("test text file (optional)"))

@@ -48,11 +48,13 @@ class TextSource:
         path: a filesystem path (or, for bundled data, an importlib.resources Traversable).
         name: how "contains no words" names it (default: the path).
         published_sha256: bundled data: the sha256 its decompressed text must have, checked on every read.
+        strip_lines: bundled data: read each line without its leading and trailing spaces (PTB-char, below).
     """
 
     path: object
     name: str = ""
     published_sha256: str | None = None
+    strip_lines: bool = False
 
     @property
     def label(self):
@@ -61,7 +63,13 @@ class TextSource:
     def open(self):
         """The text's bytes as a binary stream, or a one-line LstmlmError."""
         if self.published_sha256 is not None:  # bundled: a small gzipped resource, maybe inside a zip
-            return gzip.GzipFile(fileobj=io.BytesIO(self.path.read_bytes()))
+            stream = gzip.GzipFile(fileobj=io.BytesIO(self.path.read_bytes()))
+            if not self.strip_lines:
+                return stream
+            # PTB lines read " aer banknote ... \n": without the two spaces, the text is PTB-char's (5.01M
+            # training characters, words separated by one space where Mikolov's ptb.char files write " _ ").
+            with stream:
+                return io.BytesIO(b"\n".join(line.strip(b" ") for line in stream.read().split(b"\n")))
         path = Path(self.path)
         try:
             return path.open("rb")
