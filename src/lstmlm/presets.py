@@ -65,12 +65,14 @@ PRESETS["speedrun-light"] = dict(PRESETS["speedrun"], dropout=0.1, input_dropout
                                  embedding_dropout=0.0, weight_drop=0.0, max_minutes=15.0)
 
 # The character speedrun: PTB-char (`--data ptb-char`: bundled PTB read as characters, data/corpus.py) on a
-# 2-core CPU in 15 to 60 minutes. Characters need long unrolls and wide states, not a big softmax (51 symbols):
-# 2x512, 100-step unrolls of 64 streams, Adam annealed by a cosine over the time budget, light dropout (5M
-# training characters are not overfitted in an hour). Validation on 10 streams as in `speedrun`.
-PRESETS["speedrun-char"] = dict(data="ptb-char", tokenizer="char", hidden_size=512, embedding_size=128,
-                                num_steps=100, batch_size=64, dropout=0.1, optimizer="adam",
-                                learning_rate=0.002, clip_norm=1.0, learning_rate_schedule="cosine",
+# 2-core CPU. Characters need long unrolls, not a big softmax (51 symbols): 2x256 (embedding 128), 100-step
+# unrolls of 32 streams, Adam at 0.003 annealed by a cosine over the time budget, light dropout. Chosen on
+# validation by 4-minute runs at 2 threads (docs/runs/char-probe.json): this one reached valid 1.719 bits per
+# character (24,000 characters/s, 1.1 epochs) against 1.822 for 2x512 with 16 streams (7,200/s) and 3.03 for
+# 2x512 with 64 streams (4,800/s: too few updates). Validation on 10 streams as in `speedrun`.
+PRESETS["speedrun-char"] = dict(data="ptb-char", tokenizer="char", hidden_size=256, embedding_size=128,
+                                num_steps=100, batch_size=32, dropout=0.1, optimizer="adam",
+                                learning_rate=0.003, clip_norm=1.0, learning_rate_schedule="cosine",
                                 init_scale=0.0, sum_over_time=False, epochs=60, max_minutes=60.0,
                                 evaluation_batch_size=10)
 
