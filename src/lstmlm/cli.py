@@ -75,7 +75,9 @@ def add_train(subparsers):
 
     parser = subparsers.add_parser("train", help="train a model and write a run directory",
                                    description="Train a model. Start from a preset, override any field.")
-    parser.add_argument("--preset", default="small", choices=list(PRESETS), help="named config (default: small)")
+    parser.add_argument("--preset", default="small", choices=[*PRESETS, "auto"],
+                        help="named config (default: small); 'auto': speedrun sized to your corpus, budget and "
+                             "machine (lstmlm/auto_preset.py)")
     parser.add_argument("--config", help="JSON file of config fields (applied after the preset)")
     parser.add_argument("--out", help="new run directory (default: runs/PRESET)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run (--epochs may extend it)")
@@ -106,12 +108,19 @@ def resolve_config(args):
     from lstmlm.config import Config, load_config_values
     from lstmlm.presets import preset
 
-    config = preset(args.preset)
-    if args.config:  # the fields the file sets, over the preset
-        config = config.replace(**load_config_values(args.config))
+    config = preset("speedrun" if args.preset == "auto" else args.preset)
+    file_values = load_config_values(args.config) if args.config else {}
+    config = config.replace(**file_values)  # the fields the file sets, over the preset
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
                  if getattr(args, f.name, None) is not None}
-    return config.replace(**overrides).validate()
+    config = config.replace(**overrides).validate()
+    if args.preset == "auto":  # measures the corpus and this machine: the choice is recorded in config.json
+        from lstmlm import auto_preset
+
+        auto_preset.check_layout(getattr(args, "processes", None))
+        config, args.auto_choice = auto_preset.resolve(config, {*file_values, *overrides},
+                                                       log=lambda line: print(line, file=sys.stderr))
+    return config
 
 
 def run_train(args):
@@ -133,7 +142,9 @@ def run_train(args):
         if args.print_config:
             print(json.dumps(config.to_dict(), indent=2))
             return 0
-        out = train(config, out=args.out or f"runs/{args.preset}", command=["lstmlm", *args.argv])
+        choice = getattr(args, "auto_choice", None)
+        out = train(config, out=args.out or f"runs/{args.preset}", command=["lstmlm", *args.argv],
+                    annotations=None if choice is None else {"auto": choice.to_dict()})
     if not args.no_report and distributed.is_main():
         report(out)
     return 0

@@ -31,7 +31,7 @@ from lstmlm.training.run import TrainingRun, open_run
 DIVERGENCE_CHECK_BATCHES = 100
 
 
-def train(config, out="runs/latest", resume=None, log=None, command=None, progress=None):
+def train(config, out="runs/latest", resume=None, log=None, command=None, progress=None, annotations=None):
     """Train a model and write its run directory; returns the run directory's Path.
 
     Args:
@@ -41,6 +41,7 @@ def train(config, out="runs/latest", resume=None, log=None, command=None, progre
         log: a function taking one line of text (default: print to stderr).
         command: the command line to record (default: sys.argv).
         progress: True for a progress bar, False for plain lines, None = bar only on a terminal.
+        annotations: a dict recorded in a new run's config.json beside the config (e.g. {"auto": ...}).
 
     Example:
         >>> train(preset("tiny", train="train.txt", valid="valid.txt"), out="runs/tiny")  # doctest: +SKIP
@@ -50,15 +51,15 @@ def train(config, out="runs/latest", resume=None, log=None, command=None, progre
     created = distributed.init()  # under torchrun: join the other processes (a no-op in one process)
     try:
         with distributed.lost_ranks("training"):
-            return _train(config, out, resume, log or _log_to_stderr, command, progress)
+            return _train(config, out, resume, log or _log_to_stderr, command, progress, annotations)
     finally:
         if created:
             distributed.destroy()
 
 
-def _train(config, out, resume, log, command, progress):
+def _train(config, out, resume, log, command, progress, annotations=None):
     coordinator = make_coordinator()
-    opened = open_run(config, out, resume, command, coordinator)
+    opened = open_run(config, out, resume, command, coordinator, annotations)
     run = TrainingRun(opened, coordinator, log if coordinator.is_writer else _silent)
     layout = coordinator.describe(run.batches.local_batch_size)
     run.log(f"run {run.out}: {run.info['parameters']:,} parameters, vocabulary {len(run.vocabulary):,}, train "

@@ -62,7 +62,7 @@ def versions():
 
 
 # ---- opening -------------------------------------------------------------------------------------------------
-def open_run(config, out, resume, command, coordinator):
+def open_run(config, out, resume, command, coordinator, annotations=None):
     """Check everything, then create (or reopen) the run directory; returns an OpenedRun.
 
     Every process reads and checks the same inputs and the writer alone writes; the processes then agree that all
@@ -74,7 +74,7 @@ def open_run(config, out, resume, command, coordinator):
                           "evaluate, predict and generate work on any backend")
     failure, opened = None, None
     try:
-        opened = _open(config, out, resume, command, coordinator)
+        opened = _open(config, out, resume, command, coordinator, annotations)
     except LstmlmError as error:
         failure = error
     if coordinator.any_rank(failure is not None, "starting the run"):
@@ -83,7 +83,7 @@ def open_run(config, out, resume, command, coordinator):
     return opened
 
 
-def _open(config, out, resume, command, coordinator):
+def _open(config, out, resume, command, coordinator, annotations=None):
     import torch
 
     saved, resumed = None, None
@@ -105,7 +105,7 @@ def _open(config, out, resume, command, coordinator):
         out = _new_run_directory(out, fresh=resumed is None) if coordinator.is_writer else Path(out)
         keras.utils.set_random_seed(config.seed)
         model = build_model(config, len(corpus.vocabulary))
-        info = _new_info(config, command, precision, model, corpus, resumed)
+        info = {**_new_info(config, command, precision, model, corpus, resumed), **(annotations or {})}
         if coordinator.is_writer:
             corpus.tokenizer.save(out)  # vocab.txt for words; characters.json, bytes.json or tokenizer.json
     else:
