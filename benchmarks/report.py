@@ -5,7 +5,8 @@
     python benchmarks/report.py --check    # exit 1 if a committed table differs from what this writes
 
 Sources: every docs/runs/race/*.json (a race's result.json: commands, commit, CPU model and flags, threads,
-load average, both sides' histories and final scores). Every race is shown, won or lost, with the peer it ran
+load average, both sides' histories and final scores): word races against pytorch/examples (benchmarks/race.py)
+and character races against nanoGPT (benchmarks/char_race.py), each in its own table. Every race is shown, won or lost, with the peer it ran
 against (the real pytorch/examples program at a commit, or the re-implementation). A generated region sits
 between `<!-- report:NAME begin -->` and `<!-- report:NAME end -->`; tests/test_report.py runs --check, so a
 table edited by hand, or an artifact added without regenerating, fails the tests.
@@ -29,10 +30,41 @@ def races(directory=RACES):
     found = []
     for path in sorted(Path(directory).glob("*.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
-        if "sides" in result:
+        if "sides" in result and "peer" in result["sides"]:
             found.append((path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path), result))
     return sorted(found, key=lambda item: (item[1]["corpus"]["name"], item[1]["minutes"], item[1]["threads"],
                                            item[1]["mode"], item[0]))
+
+
+def char_races(directory=RACES):
+    """(artifact path, result) for each committed character race (benchmarks/char_race.py)."""
+    found = []
+    for path in sorted(Path(directory).glob("*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if "nanogpt" in result.get("sides", {}):
+            found.append((path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path), result))
+    return sorted(found, key=lambda item: (item[1]["minutes"], item[1]["threads"], item[1]["mode"], item[0]))
+
+
+def char_race_table(found, link_prefix="runs/race/"):
+    header = ("| budget | threads each | mode | lstmlm recipe | lstmlm valid / test bits/char | nanoGPT valid / test "
+              "bits/char | lstmlm's test lower by | epochs lstmlm / nanoGPT | characters/s lstmlm / nanoGPT | "
+              "machine (CPU; 1-min load start -> end) | commit | artifact |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for artifact, result in found:
+        ours, theirs, checks = result["sides"]["lstmlm"], result["sides"]["nanogpt"], result["checks"]
+        margin = checks.get("lstmlm_test_lower_by_bits_per_character")
+        outcome = "-" if margin is None else f"{margin:+.4f} ({'lstmlm' if margin > 0 else 'nanoGPT'} won)"
+        pairs = [f"{side['final']['valid']['bits_per_character']:.4f} / {side['final']['test']['bits_per_character']:.4f}"
+                 if "final" in side else "failed" for side in (ours, theirs)]
+        rows.append(f"| {result['minutes']:g} min | {result['threads']} | {result['mode']} | `{result['preset']}` | "
+                    f"{pairs[0]} | {pairs[1]} (nanoGPT {str(result['nanogpt'].get('commit'))[:7]}) | {outcome} | "
+                    f"{ours.get('epochs', 0):.2f} / {theirs.get('epochs', 0):.2f} | "
+                    f"{ours.get('characters_per_second', 0):,.0f} / {theirs.get('characters_per_second', 0):,.0f} | "
+                    f"{machine(result)} | {(result.get('git_commit') or '?')[:7]} | "
+                    f"[{Path(artifact).name}]({link_prefix}{Path(artifact).name}) |")
+    return "\n".join([header, *rows])
 
 
 def recipe(result):
@@ -108,11 +140,13 @@ def ptb_results_table(found):
     return "\n".join([header, *rows])
 
 
-def regions(found):
+def regions(found, found_char=None):
     """{file: {region: text}} this generator owns."""
-    relative = [(artifact, result) for artifact, result in found]
-    return {ROOT / "docs" / "race.md": {"race-table": race_table(relative)},
-            ROOT / "README.md": {"ptb-results": ptb_results_table(relative)}}
+    found_char = char_races() if found_char is None else found_char
+    return {ROOT / "docs" / "race.md": {"race-table": race_table(found),
+                                        "char-race-table": char_race_table(found_char)},
+            ROOT / "README.md": {"ptb-results": ptb_results_table(found),
+                                 "char-results": char_race_table(found_char, "docs/runs/race/")}}
 
 
 def replace_region(text, name, body, path):

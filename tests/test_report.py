@@ -19,7 +19,8 @@ def test_committed_tables_are_the_generator_s_output():
 
 def test_every_race_is_a_row_won_or_lost_naming_machine_peer_and_commit():
     found = report.races()
-    assert len(found) == len(list(report.RACES.glob("*.json"))) >= 10
+    assert len(found) + len(report.char_races()) == len(list(report.RACES.glob("*.json")))
+    assert len(found) >= 10
     table = report.race_table(found).splitlines()[2:]
     assert len(table) == len(found)
     assert any("(peer won)" in row for row in table) and any("(lstmlm won)" in row for row in table)
@@ -35,3 +36,15 @@ def test_a_hand_edited_table_is_caught(tmp_path):
     assert new == "before\n<!-- report:x begin -->\n| new |\n<!-- report:x end -->\nafter\n"
     with pytest.raises(SystemExit, match="no <!-- report:y"):
         report.replace_region(new, "y", "", path)
+
+
+def test_every_character_race_is_a_row_naming_both_scores_machine_and_commit():
+    found = report.char_races()
+    assert found, "docs/runs/race holds at least one character race"
+    table = report.char_race_table(found).splitlines()[2:]
+    assert len(table) == len(found)
+    for row, (artifact, result) in zip(table, found):
+        test = result["sides"]["lstmlm"]["final"]["test"]["bits_per_character"]
+        theirs = result["sides"]["nanogpt"]["final"]["test"]["bits_per_character"]
+        assert f"{test:.4f}" in row and f"{theirs:.4f}" in row and Path(artifact).name in row
+        assert ("(lstmlm won)" in row) == (test < theirs) and "CPUs" in row and "load" in row
