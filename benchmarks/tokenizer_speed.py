@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Tokenizer throughput and corpus memory per tokenizer (issue 18, item 5's last table).
 
-    python benchmarks/tokenizer_speed.py --text ../shared/data/wikitext-2/wiki.train.tokens --tokens 10000000 \\
+    python benchmarks/tokenizer_speed.py --text ../shared/data/wikitext-2/train.txt --tokens 10000000 \\
         --json docs/runs/tokenizers.json            # the measurement (a quiet machine: minutes)
     python benchmarks/tokenizer_speed.py --quick         # 200k synthetic tokens, a few seconds: does it run
 
