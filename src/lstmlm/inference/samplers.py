@@ -134,8 +134,50 @@ def sample_rows(sampler, logits, rngs):
     if type(sampler) is GreedySampler:
         return [int(i) for i in np.argmax(logits, axis=1)]
     if type(sampler) is RandomSampler:  # every word allowed: the distribution of all rows in one go
-        return [int(i) for i in draw(softmax(sampler.scaled(logits)), rngs)]
+        return [int(i) for i in draw_softmax_rows(logits, sampler.temperature, rngs)]
     return [sampler(row, rng) for row, rng in zip(logits, rngs)]
+
+
+_POOL = None  # two threads for the row halves of large batches (numpy's loops release the GIL)
+PARALLEL_ELEMENTS = 1 << 18  # rows x vocabulary above which the halves run at once (64 x 10,000 is 640,000)
+
+
+def draw_softmax_rows(logits, temperature, rngs):
+    """`draw(softmax(RandomSampler(temperature).scaled(logits)), rngs)`, bit for bit, in fewer passes.
+
+    The same float64 operations on every element in the same order -- shift by the row's maximum, divide by the
+    temperature (skipped at 1: x / 1 == x), exp, divide by the row's sum, cumulative sum, divide by its last
+    value, one uniform number per row -- in place on one array instead of six; the second shift by the maximum
+    that `softmax` applies to already shifted logits (max 0: x - 0 == x) is left out. Row sums reduce each row
+    alone, so a row's numbers do not depend on the other rows, and above PARALLEL_ELEMENTS the two halves of the
+    rows run in two threads (the same arithmetic per row). 64 rows x 10,000 words: 5.9 ms before, measured in
+    docs/runs/generation-paths.json.
+    """
+    global _POOL
+    z = np.array(logits, dtype=np.float64)
+    if z.size < PARALLEL_ELEMENTS or len(z) < 2:
+        return _draw_softmax_block(z, temperature, rngs)
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(2, thread_name_prefix="lstmlm-sampler")
+    half = len(z) // 2
+    first = _POOL.submit(_draw_softmax_block, z[:half], temperature, rngs[:half])
+    second = _draw_softmax_block(z[half:], temperature, rngs[half:])
+    return np.concatenate([first.result(), second])
+
+
+def _draw_softmax_block(z, temperature, rngs):
+    """draw_softmax_rows on a float64 block of rows that it may overwrite."""
+    z -= z.max(axis=-1, keepdims=True)
+    if temperature != 1:
+        with np.errstate(over="ignore"):  # -inf for a tiny temperature, as RandomSampler.scaled
+            z /= temperature
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)
+    np.cumsum(z, axis=1, out=z)
+    z /= z[:, -1:]
+    return np.array([np.searchsorted(row, rng.random(), side="right") for row, rng in zip(z, rngs)], dtype=np.int64)
 
 
 def make_sampler(temperature=1.0, top_k=0, top_p=1.0):
