@@ -5,7 +5,11 @@
     python benchmarks/race.py $P --corpus ptb --minutes 60 --threads 2 --sequential     # each side has the machine
     python benchmarks/race.py $P --corpus ptb --minutes 15 --threads 1                  # both at the same time
     python benchmarks/race.py $P --corpus wikitext-2 --minutes 15 --threads 2 --sequential
+    python benchmarks/race.py $P --corpus-dir /work/ladder/ptb-0.1m --minutes 15 --threads 1 --preset auto
     python benchmarks/race.py $P --quick          # ~1 minute smoke run: a slice of PTB, 20-second budgets
+
+--corpus-dir DIR races on any corpus in pytorch/examples' layout (DIR/train.txt, valid.txt, test.txt; e.g. a
+rung of the corpus ladder, benchmarks/ladder.py); the corpus is named after DIR.
 
 Each side runs as its own subprocess with the same torch thread count and the same wall-clock budget:
   - lstmlm: `python -m lstmlm train --preset P --max-minutes M --threads T --no-report ...`, then lstmlm's own
@@ -77,12 +81,13 @@ def write_quick_corpus(directory):
     return paths
 
 
-def wikitext_paths(directory):
-    """{split: Path} of WikiText-2 in pytorch/examples' names, or a one-line error naming what is missing."""
+def wikitext_paths(directory, flag="--wikitext-dir"):
+    """{split: Path} of a corpus in pytorch/examples' names (WikiText-2's), or a one-line error naming what is
+    missing."""
     paths = {split: Path(directory) / f"{split}.txt" for split in ("train", "valid", "test")}
     missing = [str(path) for path in paths.values() if not path.is_file()]
     if missing:
-        raise SystemExit(f"race: error: --wikitext-dir {directory}: missing {', '.join(missing)}")
+        raise SystemExit(f"race: error: {flag} {directory}: missing {', '.join(missing)}")
     return paths
 
 
@@ -272,7 +277,7 @@ def race(args, log=print):
     out.mkdir(parents=True, exist_ok=True)
     python = sys.executable
     corpus = {"name": args.corpus}
-    if args.corpus == "ptb":
+    if args.corpus == "ptb" and not getattr(args, "corpus_dir", None):
         lstmlm_flags, peer_flags = [], []  # bundled; its 10,000 types are all under lstmlm's default cap
         corpus["source"] = "lstmlm's bundled PTB (Mikolov's simple-examples)"
         paths = {split: bundled_ptb_path(split) for split in ("train", "valid", "test")}
@@ -281,6 +286,12 @@ def race(args, log=print):
             paths = write_quick_corpus(out / "quick-corpus")
             corpus["source"] = (f"the first {QUICK_LINES['train']} / {QUICK_LINES['valid']} / "
                                 f"{QUICK_LINES['test']} lines of bundled PTB's train / valid / test")
+        elif getattr(args, "corpus_dir", None):
+            paths = wikitext_paths(args.corpus_dir, "--corpus-dir")
+            corpus["source"] = str(args.corpus_dir)
+            manifest = Path(args.corpus_dir) / "ladder.json"  # a ladder rung says what it is cut from
+            if manifest.is_file():
+                corpus["ladder"] = json.loads(manifest.read_text(encoding="utf-8"))
         else:
             paths = wikitext_paths(args.wikitext_dir)
             corpus["source"] = str(args.wikitext_dir)
@@ -489,6 +500,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--corpus", choices=["ptb", "wikitext-2"], default="ptb")
     parser.add_argument("--wikitext-dir", default=str(WIKITEXT_DIR), help="train.txt, valid.txt, test.txt")
+    parser.add_argument("--corpus-dir", help="any corpus as DIR/train.txt, valid.txt, test.txt (replaces --corpus; "
+                                             "named after DIR)")
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of each side")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads of each side (0: all CPUs sequential, half side by side)")
@@ -512,9 +525,12 @@ def parse_args(argv=None):
     parser.add_argument("--json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.corpus, args.minutes = "quick", QUICK_MINUTES
+        args.corpus, args.minutes, args.corpus_dir = "quick", QUICK_MINUTES, None
         if args.out is None:
             args.out = tempfile.mkdtemp(prefix="lstmlm-race-quick-")
+    elif args.corpus_dir and not args.evaluate_lstmlm:
+        wikitext_paths(args.corpus_dir, "--corpus-dir")  # fail before anything is written
+        args.corpus = Path(args.corpus_dir).resolve().name
     if args.threads <= 0:
         cpus = os.cpu_count() or 1
         args.threads = cpus if args.sequential else max(1, cpus // 2)
@@ -527,7 +543,7 @@ def parse_args(argv=None):
         args.peer = "real"
     if args.peer == "real":
         real_peer.program_directory(args.peer_dir or ".")  # fail before anything is written
-    if args.corpus == "wikitext-2" and not args.evaluate_lstmlm:
+    if args.corpus == "wikitext-2" and not args.corpus_dir and not args.evaluate_lstmlm:
         wikitext_paths(args.wikitext_dir)  # fail before anything is written
     if args.out is None:
         args.out = (f"runs/race/{args.corpus}-{args.minutes:g}min-{args.threads}t-"

@@ -4,7 +4,8 @@
     python benchmarks/report.py            # rewrite the generated regions in place
     python benchmarks/report.py --check    # exit 1 if a committed table differs from what this writes
 
-Sources: every docs/runs/race/*.json (a race's result.json: commands, commit, CPU model and flags, threads,
+Sources: every docs/runs/subword/*.json (benchmarks/subword.py: BPE on WikiText-2, scored per word) and every
+docs/runs/race/*.json (a race's result.json: commands, commit, CPU model and flags, threads,
 load average, both sides' histories and final scores): word races against pytorch/examples (benchmarks/race.py)
 and character races against nanoGPT (benchmarks/char_race.py), each in its own table. Every race is shown, won or lost, with the peer it ran
 against (the real pytorch/examples program at a commit, or the re-implementation). A generated region sits
@@ -21,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RACES = ROOT / "docs" / "runs" / "race"
+SUBWORD = ROOT / "docs" / "runs" / "subword"
 CORPUS = {"ptb": "PTB", "wikitext-2": "WikiText-2", "quick": "quick"}
 STANDARD_FLAGS = {"--train", "--valid", "--test", "--max-vocabulary-size", "--max-vocab"}
 
@@ -112,7 +114,8 @@ def race_row(artifact, result):
     outcome = "-" if margin is None else f"{margin:+.1f}% ({'lstmlm' if margin > 0 else 'peer'} won)"
     epochs = "-" if not checks.get("complete") else f"{lstmlm['epochs']:.2f} / {other['epochs']:.2f}"
     commit = (result.get("git_commit") or "?")[:7]
-    return (f"| {CORPUS[result['corpus']['name']]} | {result['minutes']:g} min | {result['threads']} | "
+    name = result["corpus"]["name"]
+    return (f"| {CORPUS.get(name, name)} | {result['minutes']:g} min | {result['threads']} | "
             f"{result['mode']} | {recipe(result)} | {pair(lstmlm)} | {pair(other)} | {peer(result)} | {outcome} | "
             f"{epochs} | {machine(result)} | {commit} | [{Path(artifact).name}](runs/race/{Path(artifact).name}) |")
 
@@ -140,11 +143,69 @@ def ptb_results_table(found):
     return "\n".join([header, *rows])
 
 
-def regions(found, found_char=None):
+def subword_runs(directory=SUBWORD):
+    """(artifact path, result) for each committed subword run (benchmarks/subword.py)."""
+    found = []
+    for path in sorted(Path(directory).glob("*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        found.append((path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path), result))
+    return sorted(found, key=lambda item: (item[1]["minutes"], item[1]["threads"], item[0]))
+
+
+def subword_table(found, races_found, link_prefix="runs/"):
+    """WikiText-2 test word perplexity: each BPE run beside the word-level lstmlm races at its budget."""
+    header = ("| budget | threads | recipe | tokenizer | test word perplexity | test bits/char | epochs | tokens/s | "
+              "machine (CPU; 1-min load start -> end) | commit | artifact |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for artifact, result in found:
+        load = result["load_average"]
+        if "error" in result:
+            continue
+        test = result["final"]["test"]
+        cpu = " ".join(re.sub(r"\(R\)|\(TM\)|CPU|Processor|@.*", "", result["machine"]["cpu"]).split())
+        rows.append(f"| {result['minutes']:g} min | {result['threads']} | `{result['preset']}` | bpe "
+                    f"{result['vocabulary_size']:,} | **{test['word_perplexity']:.2f}** | "
+                    f"{test['bits_per_character']:.4f} | {result['epochs']:.2f} | {result['tokens_per_second']:,.0f} | "
+                    f"{cpu}, {result['machine']['logical_cpus']} CPUs; load {load['start'][0]:g} -> "
+                    f"{load['end'][0]:g} | {(result.get('git_commit') or '?')[:7]} | "
+                    f"[{Path(artifact).name}]({link_prefix}subword/{Path(artifact).name}) |")
+    budgets = {result["minutes"] for _, result in found}
+    for artifact, result in races_found:
+        side = result["sides"]["lstmlm"]
+        if result["corpus"]["name"] != "wikitext-2" or result["minutes"] not in budgets or "error" in side:
+            continue
+        rows.append(f"| {result['minutes']:g} min | {result['threads']} ({result['mode']}) | {recipe(result)} | "
+                    f"word {side['vocabulary_size']:,} | {side['final']['test']['perplexity']:.2f} | - | "
+                    f"{side['epochs']:.2f} | {side['tokens_per_second']:,.0f} | {machine(result)} | "
+                    f"{(result.get('git_commit') or '?')[:7]} | "
+                    f"[{Path(artifact).name}]({link_prefix}race/{Path(artifact).name}) |")
+    return "\n".join([header, *rows])
+
+
+def ladder_rungs_table(path=ROOT / "docs" / "runs" / "ladder" / "rungs.json"):
+    """The corpus ladder's rungs (benchmarks/ladder.py --summary): sizes, vocabulary and the `<unk>` they add."""
+    header = ("| rung | cut from | training tokens | vocabulary (with `<eos>`) | valid / test words made `<unk>` |\n"
+              "|---|---|---|---|---|")
+    if not Path(path).is_file():
+        return header
+    rows = []
+    for rung in json.loads(Path(path).read_text(encoding="utf-8"))["rungs"]:
+        splits = rung["splits"]
+        rows.append(f"| {rung['rung']} | {rung['corpus']} | {splits['train']['tokens']:,} | "
+                    f"{rung['vocabulary_size']:,} | {splits['valid']['unknown_replaced']:,} / "
+                    f"{splits['test']['unknown_replaced']:,} |")
+    return "\n".join([header, *rows])
+
+
+def regions(found, found_char=None, found_subword=None):
     """{file: {region: text}} this generator owns."""
     found_char = char_races() if found_char is None else found_char
+    found_subword = subword_runs() if found_subword is None else found_subword
     return {ROOT / "docs" / "race.md": {"race-table": race_table(found),
-                                        "char-race-table": char_race_table(found_char)},
+                                        "char-race-table": char_race_table(found_char),
+                                        "ladder-rungs": ladder_rungs_table()},
+            ROOT / "docs" / "corpus.md": {"subword-table": subword_table(found_subword, found)},
             ROOT / "README.md": {"ptb-results": ptb_results_table(found),
                                  "char-results": char_race_table(found_char, "docs/runs/race/")}}
 

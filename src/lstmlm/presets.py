@@ -76,6 +76,12 @@ PRESETS["speedrun-char"] = dict(data="ptb-char", tokenizer="char", hidden_size=2
                                 init_scale=0.0, sum_over_time=False, epochs=60, max_minutes=60.0,
                                 evaluation_batch_size=10)
 
+# The subword speedrun: a byte-level BPE vocabulary of 8,000 learned on the training split (`--tokenizer bpe`,
+# data/tokenizers.py), nothing ever <unk>, on the 2x256 tied `speedrun` model with a full softmax (8,000 rows
+# cost about what the adaptive softmax's head and bands cost at WikiText-2's 33,278 words). For raw text and for
+# WikiText-2 scored per word (benchmarks/subword.py). PROBE
+PRESETS["speedrun-bpe"] = dict(PRESETS["speedrun-light"], tokenizer="bpe", vocabulary_size=8000)
+
 
 def preset(name, **overrides):
     """Return the Config of a named preset with `overrides` applied.

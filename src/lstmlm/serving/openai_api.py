@@ -1,4 +1,4 @@
-"""The OpenAI completions contract over the loaded model: POST /v1/completions, GET /v1/models[/{id}].
+"""The OpenAI completions contract over the loaded models: POST /v1/completions, GET /v1/models[/{id}].
 
 lstmlm's model is a base language model, so the contract that fits is completions (text in, text out), not chat.
 The official clients (`openai.OpenAI(base_url=".../v1").completions.create(...)`), LangChain and curl scripts
@@ -15,6 +15,8 @@ work unchanged. What is supported and what is refused (and why) is in docs/serve
   sample is `/v1/generate`'s text for that seed.
 - The request's time bound (--max-request-seconds) ends a completion with finish_reason "length": the contract
   has no other value for "stopped early".
+- `model` (required, as in the contract) names one of the served runs; each run has its own lock, so a long
+  completion of one model never makes another's requests wait.
 
 One sync generator (`choice_events`) produces the answer for both forms: the plain answer is its events joined,
 the stream is its events as they come, one model step per event, so a seeded stream concatenates to exactly the
@@ -56,7 +58,7 @@ def completion_request(limits):
 
     class CompletionRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-        model: str = Field(description="the served run's name (GET /v1/models)")
+        model: str = Field(description="one served run's name (GET /v1/models)")
         prompt: str | list[str] = Field("", description="text to continue, or a list of texts")
         max_tokens: int | None = Field(16, ge=0, le=limits.max_num_words, description="words to generate")
         temperature: float = Field(1.0, ge=0, le=limits.max_temperature, description="0 = greedy")
@@ -79,11 +81,18 @@ def completion_request(limits):
     return CompletionRequest
 
 
-def check_request(request, model_name, limits):
-    """The checks pydantic cannot express: the model's name, refused fields, stop strings, prompt sizes."""
-    if request.model != model_name:
-        raise ApiError(404, f"the model {request.model!r} does not exist; this server serves {model_name!r}",
-                       "model", "model_not_found")
+def gate_of(gates, model_id):
+    """The gate of the model named `model_id` among `gates` ({name: ModelGate}); another name is a 404."""
+    if model_id not in gates:
+        served = ", ".join(map(repr, gates))
+        raise ApiError(404, f"the model {model_id!r} does not exist; this server serves {served}", "model",
+                       "model_not_found")
+    return gates[model_id]
+
+
+def check_request(request, limits):
+    """The checks pydantic cannot express: refused fields, stop strings, prompt sizes (the model's name is
+    `gate_of`'s)."""
     for field, why in REFUSED.items():
         if getattr(request, field):
             raise ApiError(400, f"{field} is not supported: {why}", field, "unsupported_parameter")
@@ -302,8 +311,9 @@ def model_card(language_model, name):
     return {"id": name, "object": "model", "created": created, "owned_by": "lstmlm"}
 
 
-def add_openai_routes(app, gate, model_name, limits):
-    """Register POST /v1/completions, GET /v1/models and GET /v1/models/{model_id} on `app`."""
+def add_openai_routes(app, gates, limits):
+    """Register POST /v1/completions, GET /v1/models and GET /v1/models/{model_id} on `app`, serving the models
+    of `gates` ({name: ModelGate}, in the order /v1/models lists them)."""
     import contextlib
 
     from fastapi import Request
@@ -312,27 +322,27 @@ def add_openai_routes(app, gate, model_name, limits):
     from lstmlm.serving.guards import deadline_of
 
     CompletionRequest = completion_request(limits)
-    card = model_card(gate.language_model, model_name)
+    cards = {name: model_card(gate.language_model, name) for name, gate in gates.items()}
 
     @app.get("/v1/models")
     def list_models():
-        """The served model, in the contract's list shape."""
-        return {"object": "list", "data": [card]}
+        """The served models, in the contract's list shape (the first is the one the native routes serve)."""
+        return {"object": "list", "data": list(cards.values())}
 
     @app.get("/v1/models/{model_id}")
     def get_model(model_id: str):
-        """The served model; another name is a 404."""
-        if model_id != model_name:
-            raise ApiError(404, f"the model {model_id!r} does not exist", "model", "model_not_found")
-        return card
+        """A served model; another name is a 404."""
+        gate_of(gates, model_id)
+        return cards[model_id]
 
     @app.post("/v1/completions")
     def completions(request: CompletionRequest, http: Request):
         """Continue `prompt`: the OpenAI completions contract (docs/serve.md lists what is supported)."""
-        prompts, stops = check_request(request, model_name, limits)
+        gate = gate_of(gates, request.model)  # first, as before: a wrong name says so whatever else is wrong
+        prompts, stops = check_request(request, limits)
         deadline = deadline_of(http)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": model_name}
+                "model": request.model}
         if not request.stream:
             with gate.hold(deadline) as language_model:
                 events = list(choice_events(language_model, request, prompts, stops, deadline, contextlib.nullcontext))

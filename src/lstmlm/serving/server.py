@@ -1,4 +1,4 @@
-"""`lstmlm serve RUN_DIR`: next-word suggestions, generation, scoring and OpenAI-compatible completions over
+"""`lstmlm serve RUN [RUN ...]`: next-word suggestions, generation, scoring and OpenAI-compatible completions over
 HTTP, and a web page.
 
     GET  /                the page (web/index.html: suggestions as you type, continue (streamed), score)
@@ -9,7 +9,7 @@ HTTP, and a web page.
     POST /v1/score        {"text"} -> {"word_scores": [{"word", "log_probability"}], "total_log_probability",
                                        "tokens", "perplexity", "unknown_words"}
     POST /v1/completions  the OpenAI completions contract, plain or streamed (openai_api.py, docs/serve.md)
-    GET  /v1/models[/ID]  the served run, in the contract's shape
+    GET  /v1/models[/ID]  the served runs, in the contract's shape
     GET  /openapi.json    the schema (FastAPI), GET /docs its browsable form
 
 The native routes (native_api.py) answer the library's result dicts as they are (`LanguageModel.predict_next`,
@@ -26,6 +26,10 @@ model was busy with others); /v1/generate stops generating there and answers the
 finish_reason "time_limit", a completion with finish_reason "length". SIGTERM (or Ctrl-C) stops listening, lets
 the requests in flight (open streams too, each within its bound) finish, then exits. The listening socket is TCP
 with TCP_NODELAY, so keep-alive clients do not wait for delayed ACKs.
+
+Several runs: each is a model named after its directory, loaded once at start-up with its own lock; the
+`model` field of /v1/completions picks one (an unknown name is a 404). The native routes and the page serve the
+first run; /health describes the first and lists every name ("models").
 
 The model is loaded once, before the server listens, in the precision chosen by `--precision` (else the one
 saved in the run: lstmlm/precision.py); requests name no files. Keras/torch model calls are not thread-safe, so
@@ -49,6 +53,7 @@ import signal
 import socket
 import sys
 from importlib import resources
+from pathlib import Path
 
 from lstmlm.errors import LstmlmError
 from lstmlm.serving.guards import ApiKeys, BodyLimit, Busy, ModelGate, error_payload, is_openai_path
@@ -90,11 +95,44 @@ class Batching:
 
 
 # ---- the app --------------------------------------------------------------------------------------------
+def model_name_of(run_dir):
+    """A served run's model name: its directory's name, never its full path (which says where files are).
+
+    Example:
+        >>> model_name_of("runs/ptb-small/")
+        'ptb-small'
+    """
+    return Path(run_dir).resolve().name
+
+
+def check_model_names(run_dirs):
+    """The runs' model names, in order; two runs with one name are a one-line error (a request could not tell
+    them apart).
+
+    Example:
+        >>> check_model_names(["runs/tiny", "runs/other"])
+        ['tiny', 'other']
+    """
+    seen = {}
+    for run_dir in run_dirs:
+        name = model_name_of(run_dir)
+        if name in seen:
+            # argument=None: the CLI would write "run_dirs" as a flag (--run-dirs), but it is the positional
+            # argument, which argparse's own messages call run_dirs as well.
+            raise LstmlmError(f"run_dirs: {seen[name]} and {run_dir} are both named {name!r} (a model is named "
+                              f"after its directory): rename or copy one")
+        seen[name] = run_dir
+    return list(seen)
+
+
 def create_app(language_model, limits=Limits(), batching=Batching(), api_keys=()):
-    """The FastAPI app serving one loaded model.
+    """The FastAPI app serving one loaded model, or several.
 
     Args:
-        language_model: a `lstmlm.inference.language_model.LanguageModel` (from `load(run_dir)`), loaded once.
+        language_model: a `lstmlm.inference.language_model.LanguageModel` (from `load(run_dir)`), loaded once; or
+            a list of them, each named after its run directory. The first is the default: the native routes
+            (/v1/next, /v1/generate, /v1/score), the page and /health's details are its; /v1/completions and
+            /v1/models serve every one by name.
         limits: the request bounds.
         batching: micro-batching of /v1/next.
         api_keys: keys of which one must come as `Authorization: Bearer KEY` on every /v1/* route (none: open).
@@ -102,6 +140,7 @@ def create_app(language_model, limits=Limits(), batching=Batching(), api_keys=()
     Example:
         >>> app = create_app(load("runs/tiny"), api_keys=["secret"])   # doctest: +SKIP
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)             # doctest: +SKIP
+        >>> app = create_app([load("runs/tiny"), load("runs/other")])  # doctest: +SKIP
     """
     from fastapi import FastAPI
 
@@ -110,20 +149,26 @@ def create_app(language_model, limits=Limits(), batching=Batching(), api_keys=()
     from lstmlm.serving.native_api import add_native_routes, next_batch_function
     from lstmlm.serving.openai_api import add_openai_routes
 
-    gate = ModelGate(language_model)
+    models = list(language_model) if isinstance(language_model, (list, tuple)) else [language_model]
+    names = check_model_names([model.run_directory.path for model in models])
+    # One lock per model: each model's calls are serialized, but two models never wait for each other.
+    gates = {name: ModelGate(model) for name, model in zip(names, models)}
+    model_name, language_model = names[0], models[0]  # the default: the native routes, the page, /health
+    gate = gates[model_name]
+    # /v1/next is the only batched route and it serves the first model, so only that one has a micro-batcher.
     batcher = (MicroBatcher(next_batch_function(language_model), batching.window_ms / 1000, batching.max_batch,
                             gate=gate.lock) if batching.enabled else None)
-    model_name = language_model.run_directory.path.resolve().name  # the directory's name, never the full path
     app = FastAPI(title="lstmlm", version=__version__,
                   description=f"Next-word suggestions, generation, scoring and OpenAI-compatible completions with "
-                              f"the LSTM model {model_name!r}.")
+                              f"the LSTM model{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))}.")
     # The key check runs first (outermost): a request without the key is refused before its body is read.
     app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes, seconds=limits.max_request_seconds)
     app.add_middleware(ApiKeys, keys=list(api_keys))
     add_error_handlers(app, limits)
-    add_page_and_health(app, health_of(language_model, model_name, limits, batching, bool(api_keys)))
+    health = health_of(language_model, model_name, limits, batching, bool(api_keys))
+    add_page_and_health(app, {**health, "models": names})
     add_native_routes(app, gate, batcher, limits)
-    add_openai_routes(app, gate, model_name, limits)
+    add_openai_routes(app, gates, limits)
     app.state.batcher = batcher  # app.state.batcher.close() stops its worker thread (a daemon otherwise)
     app.state.limits = limits
     return app
@@ -153,9 +198,10 @@ def add_page_and_health(app, health):
 
     @app.get("/health")
     def get_health():
-        """The loaded model: name (the run directory's), vocabulary size, parameters, hidden_size, num_layers,
-        lowercase, default_num_words (what /v1/generate generates when not told), the request limits and
-        whether /v1/* needs an API key."""
+        """The loaded model (the first run, which the native routes and the page serve): name (the run
+        directory's), vocabulary size, parameters, hidden_size, num_layers, lowercase, default_num_words (what
+        /v1/generate generates when not told), the request limits, whether /v1/* needs an API key, and every
+        served model's name ("models", the first first)."""
         return health
 
 
@@ -279,9 +325,12 @@ def add_parser(subparsers):
     from lstmlm.precision import add_precision_argument
 
     parser = subparsers.add_parser("serve", help="next-word suggestions over HTTP and a web page",
-                                   description="Serve a run directory: JSON endpoints under /v1 (lstmlm's own and "
+                                   description="Serve run directories: JSON endpoints under /v1 (lstmlm's own and "
                                                "OpenAI-compatible completions) and a page at /.")
-    parser.add_argument("run_dir")
+    parser.add_argument("run_dirs", nargs="+",
+                        help="one or more run directories; each is the model named after its directory in "
+                             "/v1/completions and /v1/models, the first also on /v1/next, /v1/generate, "
+                             "/v1/score and the page")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free port)")
     parser.add_argument("--api-key", action="append", default=None, metavar="KEY",
@@ -343,7 +392,7 @@ def _check_serve_arguments(args):
 
 
 def run_serve(args):
-    """Load the run directory, listen, serve until Ctrl-C (after which the CLI exits with 130)."""
+    """Load the run directories (each once), listen, serve until Ctrl-C (after which the CLI exits with 130)."""
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -354,15 +403,18 @@ def run_serve(args):
     if args.require_key and not keys and not is_loopback(args.host):
         raise LstmlmError(f"--require-key: {args.host} is reachable from other machines; give --api-key KEY "
                           f"(or set {API_KEY_VARIABLE})")
+    check_model_names(args.run_dirs)  # before loading anything: a clash is found at once
     from lstmlm.inference.language_model import load
 
     batching = Batching(args.micro_batching, args.batch_window_ms, args.max_batch)
     limits = Limits(max_request_bytes=args.max_request_bytes, max_request_seconds=args.max_request_seconds)
-    app = create_app(load(args.run_dir, args.precision), limits, batching, api_keys=keys)
+    models = [load(run_dir, args.precision) for run_dir in args.run_dirs]
+    app = create_app(models, limits, batching, api_keys=keys)
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"lstmlm: serving {args.run_dir} at http://{shown}:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+    print(f"lstmlm: serving {', '.join(args.run_dirs)} at http://{shown}:{port}/ (Ctrl-C stops)", file=sys.stderr,
+          flush=True)
     if keys:  # how many, never which
         print(f"lstmlm: /v1/* requires an API key ({len(keys)} accepted)", file=sys.stderr, flush=True)
     elif not is_loopback(host):
